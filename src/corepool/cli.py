@@ -1,0 +1,211 @@
+"""The ``corepool`` command: flags → settings, and the subcommands serve, status, reload, check, units."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from corepool import __version__, apps, control, settings
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line naming what is wrong and where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"corepool: error: {message}", file=sys.stderr)
+    return code
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("app", nargs="?", help="the app as module:attribute (for example corepool.demo:app)")
+    parser.add_argument("--config", "-c", metavar="FILE", help="TOML settings file; flags override it")
+    for f in settings.FIELDS:
+        if f.name == "app":
+            continue
+        if f.kind is bool:
+            parser.add_argument(f.flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=f.help)
+        elif f.repeat:
+            parser.add_argument(f.flag, dest=f.name, action="append", metavar=f.name.upper(), help=f.help)
+        else:
+            parser.add_argument(f.flag, dest=f.name, metavar=f.name.upper(), help=f.help)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {f.name: getattr(args, f.name, None) for f in settings.FIELDS if getattr(args, f.name, None) is not None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="corepool",
+        description="A systemd-native, socket-activated pre-fork worker pool for Python web services.",
+    )
+    parser.add_argument("--version", action="version", version=f"corepool {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    serve = sub.add_parser("serve", help="run a pool", description="Run the app on one worker per CPU core.")
+    _add_settings_flags(serve)
+
+    check = sub.add_parser("check", help="validate settings and import the app, without serving")
+    _add_settings_flags(check)
+
+    for name, text in (("status", "show the running pool and each worker"), ("reload", "rolling reload")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--control", metavar="PATH", help="control socket of the pool (default: from --name)")
+        p.add_argument("--name", default="corepool", help="pool name, for the default control socket path")
+        p.add_argument("--config", "-c", metavar="FILE", help="take name/control from this settings file")
+        if name == "status":
+            p.add_argument("--json", action="store_true", help="print the status as JSON")
+        else:
+            p.add_argument("--wait", action="store_true", help="return when the reload is over; exit 1 if rolled back")
+            p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"serve": _serve, "check": _check, "status": _status, "reload": _reload}[args.command]
+    try:
+        return handler(args)
+    except settings.SettingsError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    except control.ControlError as exc:
+        return _fail(EXIT_FAILURE, str(exc))
+
+
+def _load_settings(args: argparse.Namespace) -> settings.Settings:
+    flags = _flags(args)
+    if args.app:
+        flags["app"] = args.app
+    s = settings.load(args.config, flags)
+    if not s.app:
+        raise settings.SettingsError(
+            "no app given: pass module:attribute (for example: corepool serve corepool.demo:app) "
+            "or set app in the config"
+        )
+    return s
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from corepool import listeners, log
+    from corepool.primary import Primary
+    from corepool.systemd import Notifier
+
+    s = _load_settings(args)
+    log.setup(s.log_level)
+    notifier = Notifier()
+    try:
+        bound, warning = listeners.acquire(s.bind, s.backlog, os.environ)
+    except listeners.ListenerError as exc:
+        return _fail(EXIT_FAILURE, str(exc))
+    if warning:
+        log.event("listen", warning, warning=True)
+    flags = _flags(args)
+    if args.app:
+        flags["app"] = args.app
+    return Primary(s, bound, notifier, flags).run()
+
+
+def _check(args: argparse.Namespace) -> int:
+    s = _load_settings(args)
+    try:
+        app = apps.load(s.app or "", s.app_dir)
+    except apps.AppLoadError as exc:
+        if exc.detail:
+            print(exc.detail.rstrip(), file=sys.stderr)
+        return _fail(EXIT_FAILURE, str(exc))
+    interface = apps.detect_interface(app, s.interface)
+    print(
+        f"ok: {s.app} ({interface}), {s.workers} workers, bind {' '.join(s.bind)}, "
+        f"control socket {s.control_path()}"
+    )
+    return 0
+
+
+def _control_path(args: argparse.Namespace) -> str:
+    if args.control:
+        return str(args.control)
+    if args.config:
+        return settings.load(args.config).control_path()
+    return settings.Settings(name=args.name).control_path()
+
+
+def _status(args: argparse.Namespace) -> int:
+    answer = control.request(_control_path(args), {"cmd": "status"})
+    if not answer.get("ok"):
+        return _fail(EXIT_FAILURE, str(answer.get("error")))
+    status = answer["status"]
+    if args.json:
+        print(json.dumps(status, indent=2))
+    else:
+        print(format_status(status))
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    timeout = args.timeout if args.wait else 10.0
+    answer = control.request(_control_path(args), {"cmd": "reload", "wait": bool(args.wait)}, timeout=timeout)
+    if answer.get("error"):
+        return _fail(EXIT_FAILURE, str(answer["error"]))
+    if not args.wait:
+        print("reload queued behind the current one" if answer.get("queued") else "reload started")
+        return 0
+    reason = answer.get("reason", "")
+    if answer.get("ok"):
+        print(f"reload done: {reason}")
+        return 0
+    return _fail(EXIT_FAILURE, f"reload failed: {reason}")
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}s" if value < 120 else f"{value / 60:.0f}m"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1048576:.1f}M"
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """The human-readable ``corepool status``."""
+    lines = [
+        f"corepool {status['name']!r} primary {status['pid']}: {status['phase']}, generation {status['generation']}, "
+        f"{status['workers_ready']}/{status['workers_wanted']} workers ready, {status['requests']} requests"
+        + (" (reloading)" if status["reloading"] else ""),
+        "listening on " + ", ".join(f"{x['address']} ({x['source']})" for x in status["listeners"]),
+    ]
+    last = status.get("last_reload")
+    if last:
+        verdict = "ok" if last["ok"] else "ROLLED BACK"
+        ago = _seconds(last["ago"])
+        lines.append(f"last reload: generation {last['generation']} {verdict} {ago} ago: {last['reason']}")
+    if status.get("config_error"):
+        lines.append(f"config not reloaded: {status['config_error']}")
+    header = ("SLOT", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RSS", "LAST PONG")
+    lines.append("{:>4} {:>7} {:>4} {:<9} {:>8} {:>9} {:>8} {:>10}".format(*header))
+    for w in status["workers"]:
+        lines.append(
+            f"{w['slot']:>4} {w['pid'] or '-':>7} {w['generation']:>4} {w['state']:<9} {_seconds(w['uptime']):>8} "
+            f"{w['requests']:>9} {_mib(w['rss_bytes']):>8} {_seconds(w['last_pong_ago']):>10}"
+        )
+    for s in status["slots"]:
+        if s["failures"] or s["retry_in"] is not None:
+            retry = f", retry in {_seconds(s['retry_in'])}" if s["retry_in"] is not None else ""
+            lines.append(f"slot {s['slot']}: {s['failures']} failures in a row{retry} (backoff): {s['last_error']}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

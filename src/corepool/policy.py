@@ -1,0 +1,693 @@
+"""The pool's decisions as a pure state machine (no I/O, no clock reads).
+
+The primary feeds :class:`Policy` events (a worker was forked, said ready, answered a ping, exited; a timer
+fired; a reload, scale or stop was asked for) and carries out the actions it returns (fork a worker, send a
+signal, send a ping, report). Every timestamp comes in with the event, so the whole behaviour is testable
+without processes, sockets or sleeps.
+
+Per-worker lifecycle::
+
+    BOOTING --ready--> READY --retire/stop--> DRAINING --exit--> (gone)
+       |                  |
+       +--exit/timeout----+--exit/health kill--> (gone, slot respawned, with backoff when it keeps failing)
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Start:
+    """The primary is up and its listeners are bound: boot the pool."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerForked:
+    """``Spawn(wid)`` was carried out and the worker process is ``pid``."""
+
+    wid: int
+    pid: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """The worker loaded its app and is accepting connections."""
+
+    wid: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerBootError:
+    """The worker said why it could not boot (it exits right after)."""
+
+    wid: int
+    error: str
+    now: float
+
+
+@dataclass(frozen=True)
+class Pong:
+    """The worker's serving loop answered ping ``seq``; ``requests`` is its running total."""
+
+    wid: int
+    seq: int
+    requests: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerExited:
+    """The worker process is gone; ``description`` is human-readable ("exit code 3", "killed by SIGKILL")."""
+
+    wid: int
+    description: str
+    clean: bool
+    now: float
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; the primary sends one at least by :meth:`Policy.next_deadline`."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class ReloadRequested:
+    """Roll every worker onto a new generation (SIGUSR2, SIGHUP, ``corepool reload``)."""
+
+    now: float
+    reason: str = "reload requested"
+
+
+@dataclass(frozen=True)
+class ScaleRequested:
+    """Change the number of workers by ``delta`` (SIGTTIN +1, SIGTTOU -1)."""
+
+    delta: int
+    now: float
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """Stop the pool: graceful drains first, otherwise kill at once."""
+
+    now: float
+    graceful: bool = True
+
+
+Event = (
+    Start
+    | WorkerForked
+    | WorkerReady
+    | WorkerBootError
+    | Pong
+    | WorkerExited
+    | Tick
+    | ReloadRequested
+    | ScaleRequested
+    | StopRequested
+)
+
+# --------------------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Fork worker ``wid`` into ``slot`` running ``generation``; answer with ``WorkerForked``."""
+
+    wid: int
+    slot: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Send ``signum`` to worker ``wid``."""
+
+    wid: int
+    signum: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Ask worker ``wid``'s serving loop to answer ``seq``."""
+
+    wid: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """Something worth a log line: ``event`` is a short keyword (spawn, ready, exit, kill, backoff, ...)."""
+
+    event: str
+    message: str
+    wid: int | None = None
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class PoolReady:
+    """Every slot has a ready worker for the first time: the service is up."""
+
+
+@dataclass(frozen=True)
+class ReloadStarted:
+    generation: int
+
+
+@dataclass(frozen=True)
+class ReloadFinished:
+    generation: int
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Every worker is gone after a stop: the primary exits with ``code``."""
+
+    code: int
+    reason: str
+
+
+Action = Spawn | Signal | Ping | Report | PoolReady | ReloadStarted | ReloadFinished | Exit
+
+# ----------------------------------------------------------------------------------------------- state
+
+
+class WorkerState(enum.Enum):
+    BOOTING = "booting"
+    READY = "ready"
+    DRAINING = "draining"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Every duration the policy decides with, in seconds."""
+
+    health_interval: float = 10.0
+    health_timeout: float = 5.0
+    boot_timeout: float = 60.0
+    graceful_timeout: float = 30.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    # A worker that dies sooner than this after becoming ready counts as failing, so a crash right after
+    # boot backs off instead of forking in a loop.
+    stable_after: float = 5.0
+
+
+@dataclass
+class Worker:
+    wid: int
+    slot: int
+    generation: int
+    state: WorkerState
+    spawned_at: float
+    pid: int | None = None
+    ready_at: float | None = None
+    draining_since: float | None = None
+    next_ping_at: float = 0.0
+    ping_seq: int = 0
+    ping_sent_at: float | None = None
+    last_pong_at: float | None = None
+    requests: int = 0
+    boot_error: str | None = None
+    kill_reason: str | None = None
+
+
+@dataclass
+class Slot:
+    index: int
+    generation: int
+    failures: int = 0
+    retry_at: float | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class Roll:
+    """A reload in progress: slots still to roll, and the one new worker booting (at most one)."""
+
+    generation: int
+    pending_slots: list[int]
+    booting_wid: int | None = None
+    started_at: float = 0.0
+
+
+@dataclass
+class ReloadResult:
+    generation: int
+    ok: bool
+    reason: str
+    finished_at: float
+
+
+class PoolPhase(enum.Enum):
+    IDLE = "idle"
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    EXITED = "exited"
+
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+@dataclass
+class Policy:
+    """Decides who to spawn, ping, retire and kill. Feed it events with :meth:`handle`."""
+
+    workers_wanted: int
+    timing: Timing = field(default_factory=Timing)
+
+    phase: PoolPhase = PoolPhase.IDLE
+    generation: int = 1
+    workers: dict[int, Worker] = field(default_factory=dict)
+    slots: dict[int, Slot] = field(default_factory=dict)
+    roll: Roll | None = None
+    reload_pending: bool = False
+    last_reload: ReloadResult | None = None
+    pending_scale: int = 0
+    stop_deadline: float | None = None
+    killed_on_stop: int = 0
+    ever_ready: bool = False
+    _next_wid: int = 1
+    _last_generation: int = 1
+    _stop_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.workers_wanted < 1:
+            raise ValueError("workers_wanted must be >= 1")
+
+    # ------------------------------------------------------------------------------------------ dispatch
+
+    def handle(self, event: Event) -> list[Action]:
+        """Apply one event and return the actions to carry out, in order."""
+        out: list[Action] = []
+        match event:
+            case Start(now):
+                self._start(now, out)
+            case WorkerForked(wid, pid, _now):
+                if wid in self.workers:
+                    self.workers[wid].pid = pid
+            case WorkerReady(wid, now):
+                self._ready(wid, now, out)
+            case WorkerBootError(wid, error, _now):
+                if wid in self.workers:
+                    self.workers[wid].boot_error = error
+            case Pong(wid, seq, requests, now):
+                self._pong(wid, seq, requests, now)
+            case WorkerExited(wid, description, clean, now):
+                self._exited(wid, description, clean, now, out)
+            case ReloadRequested(now, reason):
+                self._reload_requested(now, reason, out)
+            case ScaleRequested(delta, now):
+                self._scale(delta, now, out)
+            case StopRequested(now, graceful):
+                self._stop(now, graceful, out)
+            case Tick():
+                pass
+        self._timers(event.now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        """The earliest time at which a :class:`Tick` would change something (None: nothing pending)."""
+        times: list[float] = []
+        t = self.timing
+        for w in self.workers.values():
+            if w.kill_reason is not None:
+                continue
+            if w.state is WorkerState.BOOTING:
+                times.append(w.spawned_at + t.boot_timeout)
+            elif w.state is WorkerState.READY and self.phase is not PoolPhase.STOPPING:
+                if w.ping_sent_at is not None:
+                    times.append(w.ping_sent_at + t.health_timeout)
+                else:
+                    times.append(w.next_ping_at)
+            elif w.state is WorkerState.DRAINING and w.draining_since is not None:
+                times.append(w.draining_since + t.graceful_timeout)
+        for s in self.slots.values():
+            if s.retry_at is not None:
+                times.append(s.retry_at)
+        if self.stop_deadline is not None:
+            times.append(self.stop_deadline)
+        return min(times) if times else None
+
+    # -------------------------------------------------------------------------------------------- views
+
+    @property
+    def reloading(self) -> bool:
+        return self.roll is not None
+
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.state is WorkerState.READY)
+
+    def healthy(self, now: float, window: float) -> bool:
+        """True when some ready worker proved its serving loop turns within ``window`` seconds."""
+        for w in self.workers.values():
+            if w.state is not WorkerState.READY or w.kill_reason is not None:
+                continue
+            seen = max(w.last_pong_at or 0.0, w.ready_at or 0.0)
+            if now - seen <= window:
+                return True
+        return False
+
+    def wid_of_pid(self, pid: int) -> int | None:
+        for w in self.workers.values():
+            if w.pid == pid:
+                return w.wid
+        return None
+
+    # ----------------------------------------------------------------------------------------- handlers
+
+    def _start(self, now: float, out: list[Action]) -> None:
+        if self.phase is not PoolPhase.IDLE:
+            return
+        self.phase = PoolPhase.STARTING
+        for index in range(self.workers_wanted):
+            self.slots[index] = Slot(index=index, generation=self.generation)
+            self._spawn(index, self.generation, now, out)
+
+    def _spawn(self, slot: int, generation: int, now: float, out: list[Action]) -> int:
+        wid = self._next_wid
+        self._next_wid += 1
+        self.workers[wid] = Worker(
+            wid=wid, slot=slot, generation=generation, state=WorkerState.BOOTING, spawned_at=now
+        )
+        self.slots[slot].retry_at = None
+        out.append(Spawn(wid, slot, generation))
+        return wid
+
+    def _ready(self, wid: int, now: float, out: list[Action]) -> None:
+        w = self.workers.get(wid)
+        if w is None or w.state is not WorkerState.BOOTING or w.kill_reason is not None:
+            return
+        w.state = WorkerState.READY
+        w.ready_at = now
+        w.next_ping_at = now + self.timing.health_interval
+        out.append(Report("ready", f"worker {self._name(w)} ready", wid))
+        if self.phase is PoolPhase.STOPPING:
+            self._retire(w, now, "pool stopping", out)
+            return
+        if self.roll is not None and self.roll.booting_wid == wid:
+            self._roll_slot_done(w, now, out)
+        if self.phase is PoolPhase.STARTING and self._all_slots_ready():
+            self.phase = PoolPhase.RUNNING
+            self.ever_ready = True
+            out.append(PoolReady())
+            if self.reload_pending:
+                self.reload_pending = False
+                self._begin_roll(now, "queued reload", out)
+            else:
+                self._apply_pending_scale(now, out)
+
+    def _pong(self, wid: int, seq: int, requests: int, now: float) -> None:
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        w.requests = max(w.requests, requests)
+        if seq == w.ping_seq and w.ping_sent_at is not None:
+            w.ping_sent_at = None
+            w.last_pong_at = now
+            w.next_ping_at = now + self.timing.health_interval
+
+    def _exited(self, wid: int, description: str, clean: bool, now: float, out: list[Action]) -> None:
+        w = self.workers.pop(wid, None)
+        if w is None:
+            return
+        slot = self.slots.get(w.slot)
+        expected = w.state is WorkerState.DRAINING
+        why = w.kill_reason or w.boot_error or description
+        out.append(
+            Report(
+                "exit",
+                f"worker {self._name(w)} {'exited' if expected else 'died'}: {description}"
+                + (f" ({why})" if why != description else ""),
+                wid,
+                warning=not expected,
+            )
+        )
+        if self.phase is PoolPhase.STOPPING:
+            self._maybe_exit(out)
+            return
+        if expected or slot is None:
+            return
+        # An unexpected death.
+        if self.roll is not None and self.roll.booting_wid == wid:
+            self._roll_failed(f"new worker for slot {w.slot} failed to boot: {why}", now, out)
+            return
+        if not self.ever_ready and w.state is WorkerState.BOOTING:
+            self._fail_start(f"worker failed to boot: {why}", now, out)
+            return
+        if self._slot_has_live_worker(w.slot):
+            return
+        failing = w.state is WorkerState.BOOTING or (
+            w.ready_at is not None and now - w.ready_at < self.timing.stable_after
+        )
+        slot.failures = slot.failures + 1 if failing else 1
+        slot.last_error = why
+        delay = self._backoff(slot.failures)
+        if delay <= 0:
+            self._spawn(w.slot, slot.generation, now, out)
+        else:
+            slot.retry_at = now + delay
+            out.append(
+                Report(
+                    "backoff",
+                    f"slot {w.slot} failed {slot.failures} times in a row; next try in {delay:g}s",
+                    warning=True,
+                )
+            )
+
+    def _backoff(self, failures: int) -> float:
+        """0 for the first failure (replace at once), then base, 2*base, ... capped at backoff_max."""
+        if failures <= 1:
+            return 0.0
+        return float(min(self.timing.backoff_base * 2 ** (failures - 2), self.timing.backoff_max))
+
+    # ------------------------------------------------------------------------------------------- reload
+
+    def _reload_requested(self, now: float, reason: str, out: list[Action]) -> None:
+        if self.phase in (PoolPhase.STOPPING, PoolPhase.EXITED, PoolPhase.IDLE):
+            return
+        if self.roll is not None or self.phase is PoolPhase.STARTING:
+            self.reload_pending = True
+            out.append(Report("reload", f"{reason}: queued until the current roll or start-up is done"))
+            return
+        self._begin_roll(now, reason, out)
+
+    def _begin_roll(self, now: float, reason: str, out: list[Action]) -> None:
+        self._last_generation += 1
+        generation = self._last_generation
+        self.roll = Roll(generation=generation, pending_slots=sorted(self.slots), started_at=now)
+        out.append(ReloadStarted(generation))
+        count = len(self.slots)
+        out.append(Report("reload", f"{reason}: rolling {count} workers to generation {generation}"))
+        self._roll_next(now, out)
+
+    def _roll_next(self, now: float, out: list[Action]) -> None:
+        roll = self.roll
+        assert roll is not None
+        while roll.booting_wid is None and roll.pending_slots:
+            index = roll.pending_slots.pop(0)
+            if index not in self.slots:
+                continue
+            roll.booting_wid = self._spawn(index, roll.generation, now, out)
+        if roll.booting_wid is None:
+            self._finish_roll(True, f"all workers run generation {roll.generation}", now, out)
+
+    def _roll_slot_done(self, new: Worker, now: float, out: list[Action]) -> None:
+        roll = self.roll
+        assert roll is not None
+        roll.booting_wid = None
+        slot = self.slots[new.slot]
+        slot.generation = new.generation
+        slot.failures = 0
+        slot.retry_at = None
+        for old in list(self.workers.values()):
+            if old.slot == new.slot and old.wid != new.wid and old.state is not WorkerState.DRAINING:
+                self._retire(old, now, f"replaced by generation {new.generation}", out)
+        self._roll_next(now, out)
+
+    def _roll_failed(self, reason: str, now: float, out: list[Action]) -> None:
+        roll = self.roll
+        assert roll is not None
+        if roll.booting_wid is not None:
+            w = self.workers.get(roll.booting_wid)
+            if w is not None:
+                self._kill(w, "reload rolled back", out)
+            roll.booting_wid = None
+        # Slots that lost their worker while the roll was going on are refilled with their own generation.
+        for slot in self.slots.values():
+            if not self._slot_has_live_worker(slot.index) and slot.retry_at is None:
+                self._spawn(slot.index, slot.generation, now, out)
+        self._finish_roll(False, f"rolled back: {reason}", now, out)
+
+    def _finish_roll(self, ok: bool, reason: str, now: float, out: list[Action]) -> None:
+        roll = self.roll
+        assert roll is not None
+        self.roll = None
+        if ok:
+            self.generation = roll.generation
+        self.last_reload = ReloadResult(roll.generation, ok, reason, now)
+        out.append(ReloadFinished(roll.generation, ok, reason))
+        out.append(Report("reload", f"reload to generation {roll.generation}: {reason}", warning=not ok))
+        if self.reload_pending and self.phase is PoolPhase.RUNNING:
+            self.reload_pending = False
+            self._begin_roll(now, "queued reload", out)
+        else:
+            self._apply_pending_scale(now, out)
+
+    # -------------------------------------------------------------------------------------------- scale
+
+    def _scale(self, delta: int, now: float, out: list[Action]) -> None:
+        if self.phase in (PoolPhase.STOPPING, PoolPhase.EXITED):
+            return
+        self.pending_scale += delta
+        if self.roll is None and self.phase is PoolPhase.RUNNING:
+            self._apply_pending_scale(now, out)
+
+    def _apply_pending_scale(self, now: float, out: list[Action]) -> None:
+        delta, self.pending_scale = self.pending_scale, 0
+        while delta > 0:
+            index = max(self.slots, default=-1) + 1
+            self.slots[index] = Slot(index=index, generation=self.generation)
+            self.workers_wanted += 1
+            self._spawn(index, self.generation, now, out)
+            out.append(Report("scale", f"workers: {self.workers_wanted} (added slot {index})"))
+            delta -= 1
+        while delta < 0 and self.workers_wanted > 1:
+            index = max(self.slots)
+            del self.slots[index]
+            self.workers_wanted -= 1
+            for w in list(self.workers.values()):
+                if w.slot == index and w.state is not WorkerState.DRAINING:
+                    self._retire(w, now, "scaled down", out)
+            out.append(Report("scale", f"workers: {self.workers_wanted} (removed slot {index})"))
+            delta += 1
+
+    # --------------------------------------------------------------------------------------------- stop
+
+    def _stop(self, now: float, graceful: bool, out: list[Action], reason: str = "stopped") -> None:
+        if self.phase is PoolPhase.EXITED:
+            return
+        if self.phase is PoolPhase.STOPPING:
+            if not graceful:
+                self._kill_everyone("fast stop", out)
+            return
+        self.phase = PoolPhase.STOPPING
+        self._stop_reason = reason
+        if self.roll is not None:
+            roll, self.roll = self.roll, None
+            out.append(ReloadFinished(roll.generation, False, "pool is stopping"))
+        self.reload_pending = False
+        self.stop_deadline = now + self.timing.graceful_timeout
+        for slot in self.slots.values():
+            slot.retry_at = None
+        for w in list(self.workers.values()):
+            if graceful:
+                self._retire(w, now, "pool stopping", out)
+        if not graceful:
+            self._kill_everyone("fast stop", out)
+        self._maybe_exit(out)
+
+    def _fail_start(self, reason: str, now: float, out: list[Action]) -> None:
+        out.append(Report("abort", f"giving up on start: {reason}", warning=True))
+        self._stop(now, graceful=False, out=out, reason=reason)
+
+    def _kill_everyone(self, reason: str, out: list[Action]) -> None:
+        for w in list(self.workers.values()):
+            if w.kill_reason is None:
+                self._kill(w, reason, out)
+
+    def _maybe_exit(self, out: list[Action]) -> None:
+        if self.phase is not PoolPhase.STOPPING or self.workers:
+            return
+        self.phase = PoolPhase.EXITED
+        self.stop_deadline = None
+        if self._stop_reason != "stopped":
+            out.append(Exit(EXIT_FAILURE, self._stop_reason))
+        elif self.killed_on_stop:
+            out.append(
+                Exit(EXIT_FAILURE, f"{self.killed_on_stop} worker(s) killed after graceful_timeout")
+            )
+        else:
+            out.append(Exit(EXIT_OK, "stopped"))
+
+    # ------------------------------------------------------------------------------------------- timers
+
+    def _timers(self, now: float, out: list[Action]) -> None:
+        t = self.timing
+        if self.stop_deadline is not None and now >= self.stop_deadline:
+            self.stop_deadline = None
+            for w in list(self.workers.values()):
+                if w.kill_reason is None:
+                    self.killed_on_stop += 1
+                    self._kill(w, "still running after graceful_timeout", out)
+        for w in list(self.workers.values()):
+            if w.kill_reason is not None:
+                continue
+            if w.state is WorkerState.BOOTING and now >= w.spawned_at + t.boot_timeout:
+                self._kill(w, f"not ready within boot_timeout ({t.boot_timeout:g}s)", out)
+            elif w.state is WorkerState.READY and self.phase is not PoolPhase.STOPPING:
+                if w.ping_sent_at is not None and now >= w.ping_sent_at + t.health_timeout:
+                    self._kill(w, f"no pong within health_timeout ({t.health_timeout:g}s)", out)
+                elif w.ping_sent_at is None and now >= w.next_ping_at:
+                    w.ping_seq += 1
+                    w.ping_sent_at = now
+                    out.append(Ping(w.wid, w.ping_seq))
+            elif (
+                w.state is WorkerState.DRAINING
+                and w.draining_since is not None
+                and now >= w.draining_since + t.graceful_timeout
+                and self.phase is not PoolPhase.STOPPING
+            ):
+                self._kill(w, f"still draining after graceful_timeout ({t.graceful_timeout:g}s)", out)
+        if self.phase in (PoolPhase.RUNNING, PoolPhase.STARTING):
+            for slot in self.slots.values():
+                if slot.retry_at is not None and now >= slot.retry_at:
+                    self._spawn(slot.index, slot.generation, now, out)
+
+    # ---------------------------------------------------------------------------------------- utilities
+
+    def _retire(self, w: Worker, now: float, reason: str, out: list[Action]) -> None:
+        """Ask a worker to stop accepting, finish in-flight work and exit."""
+        if w.state is WorkerState.DRAINING:
+            return
+        w.state = WorkerState.DRAINING
+        w.draining_since = now
+        w.ping_sent_at = None
+        out.append(Signal(w.wid, signal.SIGTERM, reason))
+
+    def _kill(self, w: Worker, reason: str, out: list[Action]) -> None:
+        w.kill_reason = reason
+        out.append(Signal(w.wid, signal.SIGKILL, reason))
+        out.append(Report("kill", f"killing worker {self._name(w)}: {reason}", w.wid, warning=True))
+
+    def _slot_has_live_worker(self, index: int) -> bool:
+        return any(
+            w.slot == index and w.state is not WorkerState.DRAINING and w.kill_reason is None
+            for w in self.workers.values()
+        )
+
+    def _all_slots_ready(self) -> bool:
+        ready = {w.slot for w in self.workers.values() if w.state is WorkerState.READY}
+        return all(index in ready for index in self.slots)
+
+    @staticmethod
+    def _name(w: Worker) -> str:
+        pid = w.pid if w.pid is not None else "?"
+        return f"{pid} (slot {w.slot}, generation {w.generation})"

@@ -1,0 +1,543 @@
+"""The primary: one ``selectors`` loop that turns signals, worker channels, control requests and timers into
+:mod:`corepool.policy` events, and carries out the actions the policy returns.
+
+No sleeps and no polling: the loop wakes on a signal (``signal.set_wakeup_fd``), a message, a control client,
+or the policy's next deadline. The primary never imports the app.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from corepool import channel, control, log, policy, settings, worker
+from corepool.listeners import Listener
+from corepool.policy import Policy, Timing, WorkerState
+from corepool.systemd import Notifier
+
+HANDLED_SIGNALS = (
+    signal.SIGCHLD,
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+)
+
+
+@dataclass
+class _Channel:
+    wid: int
+    sock: socket.socket
+
+
+@dataclass
+class _ReloadWaiters:
+    """``reload --wait`` clients: those answered by the reload in progress, and those queued behind it."""
+
+    by_generation: dict[int, list[control.Reply]] = field(default_factory=dict)
+    next_reload: list[control.Reply] = field(default_factory=list)
+
+
+def timing_for(s: settings.Settings, watchdog_interval: float | None) -> Timing:
+    """The policy's timing; with a systemd watchdog, health pings are frequent enough to feed it."""
+    interval = s.health_interval
+    if watchdog_interval is not None:
+        interval = min(interval, watchdog_interval / 1.5)
+    return Timing(
+        health_interval=interval,
+        health_timeout=s.health_timeout,
+        boot_timeout=s.boot_timeout,
+        graceful_timeout=s.graceful_timeout,
+        backoff_max=s.backoff_max,
+    )
+
+
+class Primary:
+    """Runs a pool until it is stopped; :meth:`run` returns the process exit code."""
+
+    def __init__(
+        self,
+        s: settings.Settings,
+        listeners: list[Listener],
+        notifier: Notifier,
+        flags: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = s
+        self.flags = flags or {}  # re-applied over the config file when SIGHUP re-reads it
+        self.config_error: str | None = None
+        self.listeners = listeners
+        self.notifier = notifier
+        self.policy = Policy(workers_wanted=s.workers, timing=timing_for(s, notifier.watchdog_interval))
+        self.selector = selectors.DefaultSelector()
+        self.control = control.ControlServer(s.control_path(), self.selector, self._control_request)
+        self.channels: dict[int, _Channel] = {}
+        self.pids: dict[int, int] = {}  # pid -> wid
+        self.events: collections.deque[policy.Event] = collections.deque()
+        self.exit_code: int | None = None
+        self.waiters = _ReloadWaiters()
+        self.requests_retired = 0
+        self.tracebacks_seen: set[str] = set()
+        self.next_watchdog = 0.0
+        self.started_at = time.monotonic()
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # -------------------------------------------------------------------------------------------- setup
+
+    def run(self) -> int:
+        """Serve until stopped. Returns 0 after a clean stop, 1 when workers had to be killed or start failed."""
+        self.control.open()
+        self._install_signals()
+        self.notifier.detach_from_environment(os.environ)
+        where = ", ".join(listener.address for listener in self.listeners)
+        log.event(
+            "start",
+            f"corepool {self._version()} primary {os.getpid()}: serving {self.settings.app} on {where} with "
+            f"{self.settings.workers} workers; control socket {self.control.path}",
+        )
+        self.notifier.extend_timeout(self.settings.boot_timeout + 10)
+        self.events.append(policy.Start(time.monotonic()))
+        try:
+            while self.exit_code is None:
+                self._drain_events()
+                if self.exit_code is not None:
+                    break
+                for key, mask in self.selector.select(self._timeout()):
+                    key.data(mask)
+                self.events.append(policy.Tick(time.monotonic()))
+                self._heartbeat()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _install_signals(self) -> None:
+        for end in (self._wake_r, self._wake_w):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in HANDLED_SIGNALS:
+            signal.signal(sig, _noop_handler)  # the wakeup fd carries the signal number to the loop
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._on_signals)
+
+    def _cleanup(self) -> None:
+        signal.set_wakeup_fd(-1)
+        self.control.close()
+        for ch in self.channels.values():
+            ch.sock.close()
+        for listener in self.listeners:
+            listener.close()
+        self.selector.close()
+
+    @staticmethod
+    def _version() -> str:
+        from corepool import __version__
+
+        return __version__
+
+    # ------------------------------------------------------------------------------------------ signals
+
+    def _on_signals(self, _mask: int) -> None:
+        try:
+            data = self._wake_r.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        now = time.monotonic()
+        for signum in data:
+            self._on_signal(signum, now)
+
+    def _on_signal(self, signum: int, now: float) -> None:
+        if signum == signal.SIGCHLD:
+            self._reap(now)
+        elif signum in (signal.SIGTERM, signal.SIGINT):
+            log.event("stop", f"{signal.Signals(signum).name}: graceful stop")
+            graceful = self.policy.phase is not policy.PoolPhase.STOPPING
+            self._begin_stop(now, graceful)
+        elif signum == signal.SIGQUIT:
+            log.event("stop", "SIGQUIT: fast stop")
+            self._begin_stop(now, graceful=False)
+        elif signum == signal.SIGUSR2:
+            self.events.append(policy.ReloadRequested(now, "SIGUSR2"))
+        elif signum == signal.SIGHUP:
+            self._reload_config(now)
+        elif signum == signal.SIGTTIN:
+            self.events.append(policy.ScaleRequested(1, now))
+        elif signum == signal.SIGTTOU:
+            self.events.append(policy.ScaleRequested(-1, now))
+
+    def _begin_stop(self, now: float, graceful: bool) -> None:
+        if self.policy.phase is not policy.PoolPhase.STOPPING:
+            self.notifier.stopping("stopping: draining workers")
+            self.notifier.extend_timeout(self.settings.graceful_timeout + 5)
+        self.events.append(policy.StopRequested(now, graceful))
+
+    def _reload_config(self, now: float) -> None:
+        path = self.settings.config_path
+        if path is not None:
+            try:
+                fresh = settings.load(path, self.flags)
+            except settings.SettingsError as exc:
+                self.config_error = str(exc)
+                log.event("reload", f"SIGHUP: config not reloaded, keeping the running settings: {exc}", warning=True)
+                return
+            self.config_error = None
+            if fresh.bind != self.settings.bind:
+                log.event("reload", "SIGHUP: bind addresses changed; they take effect on restart", warning=True)
+            delta = fresh.workers - self.settings.workers
+            self.settings = fresh
+            self.policy.timing = timing_for(fresh, self.notifier.watchdog_interval)
+            if delta:
+                self.events.append(policy.ScaleRequested(delta, now))
+        self.events.append(policy.ReloadRequested(now, "SIGHUP"))
+
+    def _reap(self, now: float) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            wid = self.pids.pop(pid, None)
+            if wid is None:
+                continue  # not a worker (reaped so it leaves no zombie)
+            description, clean = describe_status(status)
+            w = self.policy.workers.get(wid)
+            if w is not None:
+                self.requests_retired += w.requests
+            self._close_channel(wid)
+            self.events.append(policy.WorkerExited(wid, description, clean, now))
+
+    # -------------------------------------------------------------------------------------- the policy
+
+    def _drain_events(self) -> None:
+        while self.events:
+            event = self.events.popleft()
+            for action in self.policy.handle(event):
+                self._carry_out(action)
+        self.notifier.status(self.status_line())
+
+    def _carry_out(self, action: policy.Action) -> None:
+        match action:
+            case policy.Spawn(wid, slot, generation):
+                self._spawn(wid, slot, generation)
+            case policy.Signal(wid, signum, _reason):
+                pid = self._pid(wid)
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signum)
+            case policy.Ping(wid, seq):
+                ch = self.channels.get(wid)
+                if ch is not None:
+                    channel.send(ch.sock, channel.encode("ping", seq=seq))
+            case policy.Report(event, message, wid, warning):
+                self._report(event, message, wid, warning)
+            case policy.PoolReady():
+                ready = f"ready: {self.policy.ready_count()} workers serving"
+                log.event("ready", f"pool {ready} (pid {os.getpid()})", generation=self.policy.generation)
+                self.notifier.ready(self.status_line())
+            case policy.ReloadStarted(generation):
+                self.waiters.by_generation.setdefault(generation, []).extend(self.waiters.next_reload)
+                self.waiters.next_reload = []
+                self.notifier.reloading(f"reloading to generation {generation}")
+            case policy.ReloadFinished(generation, ok, reason):
+                self._answer_reload_waiters(generation, ok, reason)
+                if self.policy.phase is not policy.PoolPhase.STOPPING:
+                    self.notifier.ready(self.status_line())
+            case policy.Exit(code, reason):
+                self.exit_code = code
+                log.event("exit", f"primary exits with code {code}: {reason}", warning=code != 0)
+
+    def _report(self, event: str, message: str, wid: int | None, warning: bool) -> None:
+        fields: dict[str, Any] = {}
+        w = self.policy.workers.get(wid) if wid is not None else None
+        if w is not None:
+            fields = {"worker_pid": w.pid, "generation": w.generation, "slot": w.slot}
+        log.event(event, message, warning=warning, **fields)
+
+    def _pid(self, wid: int) -> int | None:
+        w = self.policy.workers.get(wid)
+        return w.pid if w is not None else None
+
+    # ------------------------------------------------------------------------------------------ workers
+
+    def _spawn(self, wid: int, slot: int, generation: int) -> None:
+        s = self.settings
+        spec = worker.WorkerSpec(
+            app=s.app or "",
+            app_dir=s.app_dir,
+            interface=s.interface,
+            slot=slot,
+            generation=generation,
+            primary_pid=os.getpid(),
+            access_log=s.access_log,
+            keepalive_timeout=s.keepalive_timeout,
+            drain_timeout=max(0.1, s.graceful_timeout * 0.9),
+            max_message_bytes=s.max_message_bytes,
+            log_level=s.log_level,
+        )
+        primary_end, worker_end = channel.pair()
+        private: list[socket.socket | selectors.BaseSelector] = [
+            self.selector, self._wake_r, self._wake_w, primary_end, *(c.sock for c in self.channels.values())
+        ]
+        control_fds = self.control.fds()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            primary_end.close()
+            worker_end.close()
+            self.events.append(policy.WorkerExited(wid, f"fork failed: {exc.strerror}", False, time.monotonic()))
+            return
+        if pid == 0:  # the worker
+            code = 1
+            signal.set_wakeup_fd(-1)  # before closing the wakeup socket, so no signal writes to a stale fd
+            try:
+                for thing in private:
+                    thing.close()
+                for fd in control_fds:
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+                code = worker.run(spec, worker_end, [listener.sock for listener in self.listeners])
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        worker_end.close()
+        self.pids[pid] = wid
+        self.channels[wid] = _Channel(wid, primary_end)
+        self.selector.register(primary_end, selectors.EVENT_READ, lambda _m, w=wid: self._on_channel(w))
+        self.events.append(policy.WorkerForked(wid, pid, time.monotonic()))
+        log.event("spawn", f"worker {pid} spawned (slot {slot}, generation {generation})",
+                  worker_pid=pid, generation=generation, slot=slot)
+
+    def _close_channel(self, wid: int) -> None:
+        ch = self.channels.pop(wid, None)
+        if ch is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(ch.sock)
+            ch.sock.close()
+
+    def _on_channel(self, wid: int) -> None:
+        ch = self.channels.get(wid)
+        if ch is None:
+            return
+        now = time.monotonic()
+        while True:
+            try:
+                raw = ch.sock.recv(channel.recv_size())
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                raw = b""
+            if not raw:
+                # The worker closed its end (it is exiting); its exit status arrives with SIGCHLD.
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(ch.sock)
+                return
+            try:
+                message = channel.decode(raw, self.settings.max_message_bytes)
+            except channel.ChannelError as exc:
+                log.event("channel", f"dropped a message from worker {self._pid(wid)}: {exc}", warning=True)
+                continue
+            self._on_message(wid, message, raw, now)
+
+    def _on_message(self, wid: int, message: dict[str, Any], raw: bytes, now: float) -> None:
+        kind = message["t"]
+        if kind == "ready":
+            self.events.append(policy.WorkerReady(wid, now))
+        elif kind == "pong":
+            seq, requests = message.get("seq"), message.get("requests")
+            if isinstance(seq, int) and isinstance(requests, int):
+                self.events.append(policy.Pong(wid, seq, requests, now))
+        elif kind == "boot_error":
+            error = str(message.get("error", "unknown error"))
+            detail = str(message.get("detail", ""))
+            if detail and detail not in self.tracebacks_seen:
+                self.tracebacks_seen.add(detail)
+                log.event("boot_error", f"{error}\n{detail.rstrip()}", warning=True, worker_pid=self._pid(wid))
+            self.events.append(policy.WorkerBootError(wid, error, now))
+        elif kind == "broadcast":
+            self._relay(wid, message)
+        else:
+            log.event("channel", f"dropped a message of unknown type {kind!r} from worker {self._pid(wid)}",
+                      warning=True)
+
+    def _relay(self, sender: int, message: dict[str, Any]) -> None:
+        topic = message.get("topic")
+        if not isinstance(topic, str):
+            log.event("broadcast", "dropped a broadcast without a string topic", warning=True)
+            return
+        payload = channel.encode("message", topic=topic, data=message.get("data"), sender=self._pid(sender))
+        for wid, ch in self.channels.items():
+            w = self.policy.workers.get(wid)
+            if wid == sender or w is None or w.state is WorkerState.DRAINING:
+                continue
+            if not channel.send(ch.sock, payload):
+                log.event("broadcast", f"worker {w.pid} is not reading its channel: {topic!r} dropped for it",
+                          warning=True)
+
+    # -------------------------------------------------------------------------------------- control
+
+    def _control_request(self, req: dict[str, Any], reply: control.Reply) -> None:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            reply({"ok": True, "status": self.status()})
+        elif cmd == "reload":
+            if self.policy.phase in (policy.PoolPhase.STOPPING, policy.PoolPhase.EXITED):
+                reply({"ok": False, "reason": "the pool is stopping"})
+                return
+            queued = self.policy.reloading or self.policy.phase is policy.PoolPhase.STARTING
+            now = time.monotonic()
+            self.events.append(policy.ReloadRequested(now, "reload via control socket"))
+            self._drain_events()
+            if not req.get("wait"):
+                reply({"ok": True, "queued": queued})
+            elif queued:
+                self.waiters.next_reload.append(reply)
+            elif self.policy.roll is not None:
+                self.waiters.by_generation.setdefault(self.policy.roll.generation, []).append(reply)
+            else:
+                last = self.policy.last_reload
+                reply({"ok": bool(last and last.ok), "reason": last.reason if last else "no reload ran"})
+        else:
+            reply({"ok": False, "error": f"unknown command {cmd!r} (known: status, reload)"})
+
+    def _answer_reload_waiters(self, generation: int, ok: bool, reason: str) -> None:
+        for reply in self.waiters.by_generation.pop(generation, []):
+            reply({"ok": ok, "generation": generation, "reason": reason})
+
+    # ----------------------------------------------------------------------------------------- status
+
+    def status(self) -> dict[str, Any]:
+        """The pool as data: what ``corepool status --json`` prints."""
+        now = time.monotonic()
+        p = self.policy
+        last = p.last_reload
+        return {
+            "pid": os.getpid(),
+            "name": self.settings.name,
+            "app": self.settings.app,
+            "phase": p.phase.value,
+            "generation": p.generation,
+            "workers_wanted": p.workers_wanted,
+            "workers_ready": p.ready_count(),
+            "reloading": p.reloading,
+            "requests": self.requests_total(),
+            "uptime": round(now - self.started_at, 3),
+            "listeners": [{"name": lst.name, "address": lst.address, "source": lst.source} for lst in self.listeners],
+            "control": self.control.path,
+            "config_error": self.config_error,
+            "last_reload": None
+            if last is None
+            else {
+                "generation": last.generation,
+                "ok": last.ok,
+                "reason": last.reason,
+                "ago": round(now - last.finished_at, 3),
+            },
+            "workers": [
+                {
+                    "pid": w.pid,
+                    "slot": w.slot,
+                    "generation": w.generation,
+                    "state": w.state.value,
+                    "uptime": round(now - w.spawned_at, 3),
+                    "requests": w.requests,
+                    "rss_bytes": rss_bytes(w.pid),
+                    "last_pong_ago": None if w.last_pong_at is None else round(now - w.last_pong_at, 3),
+                }
+                for w in sorted(p.workers.values(), key=lambda w: (w.slot, w.wid))
+            ],
+            "slots": [
+                {
+                    "slot": s.index,
+                    "generation": s.generation,
+                    "failures": s.failures,
+                    "retry_in": None if s.retry_at is None else round(max(0.0, s.retry_at - now), 3),
+                    "last_error": s.last_error,
+                }
+                for s in sorted(p.slots.values(), key=lambda s: s.index)
+            ],
+        }
+
+    def requests_total(self) -> int:
+        return self.requests_retired + sum(w.requests for w in self.policy.workers.values())
+
+    def status_line(self) -> str:
+        """The one-line summary systemd shows as the unit's status."""
+        p = self.policy
+        line = f"{p.ready_count()}/{p.workers_wanted} workers ready, generation {p.generation}"
+        line += f", {self.requests_total()} requests"
+        if p.reloading and p.roll is not None:
+            line += f"; reloading to generation {p.roll.generation}"
+        elif p.last_reload is not None:
+            line += f"; last reload {'ok' if p.last_reload.ok else 'rolled back'}"
+        backing_off = [s.index for s in p.slots.values() if s.retry_at is not None]
+        if backing_off:
+            line += f"; backing off slots {backing_off}"
+        return line
+
+    # ------------------------------------------------------------------------------------------- timing
+
+    def _timeout(self) -> float | None:
+        deadlines = [d for d in (self.policy.next_deadline(), self._watchdog_deadline()) if d is not None]
+        if not deadlines:
+            return None
+        return max(0.0, min(deadlines) - time.monotonic())
+
+    def _watchdog_deadline(self) -> float | None:
+        return self.next_watchdog if self.notifier.watchdog_interval else None
+
+    def _heartbeat(self) -> None:
+        interval = self.notifier.watchdog_interval
+        now = time.monotonic()
+        if not interval or now < self.next_watchdog:
+            return
+        self.next_watchdog = now + interval
+        # Starting, stopping and reloading have their own timeouts; while running, the watchdog is fed only
+        # while some worker proved within the watchdog window that its serving loop turns.
+        window = interval * 2
+        if self.policy.phase is not policy.PoolPhase.RUNNING or self.policy.healthy(now, window):
+            self.notifier.watchdog()
+        else:
+            log.event("watchdog", "no worker answered a health ping within WatchdogSec: not feeding the watchdog",
+                      warning=True)
+
+
+def _noop_handler(_signum: int, _frame: object) -> None:
+    """Signals are read from the wakeup fd by the loop; the handler only has to exist."""
+
+
+def describe_status(status: int) -> tuple[str, bool]:
+    """('exit code 3' | 'killed by SIGKILL', clean?) for a waitpid status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"killed by {name}", False
+    code = os.WEXITSTATUS(status)
+    meaning = {worker.EXIT_BOOT_FAILED: " (app failed to boot)", worker.EXIT_PRIMARY_GONE: " (primary gone)"}
+    return f"exit code {code}{meaning.get(code, '')}", code == 0
+
+
+def rss_bytes(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,0 +1,127 @@
+"""Talking to systemd: sd_notify(3) messages and the watchdog interval.
+
+libsystemd (systemd-python's ``systemd.daemon.notify``) is used where it loads; the pure-Python ``sdnotify``
+only where it does not; without ``NOTIFY_SOCKET`` every call is a no-op. Only the primary talks to systemd
+(``NotifyAccess=main`` is enough): ``NOTIFY_SOCKET`` and ``WATCHDOG_*`` are removed from the environment
+before workers are forked.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, MutableMapping
+
+Sender = Callable[[str], None]
+
+
+def _libsystemd_sender() -> Sender | None:
+    try:
+        from systemd import daemon
+    except ImportError:
+        return None
+
+    def send(message: str) -> None:
+        daemon.notify(message)
+
+    return send
+
+
+def _sdnotify_sender() -> Sender | None:
+    try:
+        import sdnotify
+    except ImportError:
+        return None
+    notifier = sdnotify.SystemdNotifier()
+
+    def send(message: str) -> None:
+        notifier.notify(message)
+
+    return send
+
+
+class Notifier:
+    """sd_notify for the primary. Create it before forking; it takes the variables out of the environment."""
+
+    def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.socket = env.get("NOTIFY_SOCKET")
+        self.watchdog_usec = _watchdog_usec(env)
+        self._send: Sender | None = None
+        self.backend = "none"
+        if self.socket:
+            self._send = _libsystemd_sender()
+            self.backend = "libsystemd"
+            if self._send is None:
+                self._send = _sdnotify_sender()
+                self.backend = "sdnotify" if self._send else "none"
+        self._last_status = ""
+
+    @property
+    def enabled(self) -> bool:
+        return self._send is not None
+
+    def detach_from_environment(self, environ: MutableMapping[str, str]) -> None:
+        """Remove the variables so forked workers (and what they exec) never talk to systemd."""
+        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            environ.pop(key, None)
+
+    def send(self, *fields: str) -> None:
+        if self._send is not None:
+            self._send("\n".join(fields))
+
+    def ready(self, status: str) -> None:
+        self._last_status = status
+        self.send("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+
+    def status(self, status: str) -> None:
+        if status != self._last_status:
+            self._last_status = status
+            self.send(f"STATUS={status}")
+
+    def reloading(self, status: str) -> None:
+        # systemd >= 253 requires MONOTONIC_USEC with RELOADING=1 to match the reload to its start time.
+        self._last_status = status
+        self.send("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}",
+                  f"STATUS={status}")
+
+    def stopping(self, status: str) -> None:
+        self._last_status = status
+        self.send("STOPPING=1", f"STATUS={status}")
+
+    def extend_timeout(self, seconds: float) -> None:
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
+
+    def watchdog(self) -> None:
+        self.send("WATCHDOG=1")
+
+    def watchdog_trigger(self, reason: str) -> None:
+        self.send("WATCHDOG=trigger", f"STATUS=watchdog: {reason}")
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None without a watchdog."""
+        return None if not self.watchdog_usec or not self.enabled else self.watchdog_usec / 2_000_000
+
+
+def _watchdog_usec(env: MutableMapping[str, str]) -> int | None:
+    usec = env.get("WATCHDOG_USEC", "")
+    pid = env.get("WATCHDOG_PID")
+    if not usec.isdigit() or int(usec) == 0:
+        return None
+    if pid is not None and pid != str(os.getpid()):
+        return None
+    return int(usec)
+
+
+def journal_stream_is_stderr(environ: MutableMapping[str, str] | None = None) -> bool:
+    """True when stderr is connected to journald (``JOURNAL_STREAM`` names stderr's device:inode)."""
+    env = os.environ if environ is None else environ
+    stream = env.get("JOURNAL_STREAM")
+    if not stream:
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"

@@ -1,0 +1,180 @@
+"""One worker process: forked by the primary, it imports the app, serves it and answers over its channel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import inspect
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from corepool import apps, bus, channel, log
+
+EXIT_OK = 0
+EXIT_BOOT_FAILED = 3
+EXIT_PRIMARY_GONE = 4
+
+_PR_SET_PDEATHSIG = 1
+# Signals meant for the primary alone; a worker that receives them (kill -HUP to the process group) ignores them.
+_PRIMARY_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to know, fixed at fork time."""
+
+    app: str
+    app_dir: str
+    interface: str
+    slot: int
+    generation: int
+    primary_pid: int
+    access_log: bool = False
+    keepalive_timeout: float = 5.0
+    drain_timeout: float = 27.0
+    max_message_bytes: int = channel.DEFAULT_MAX_MESSAGE
+    log_level: str = "info"
+
+
+class WorkerLink:
+    """The worker's end of its channel: ready/pong/broadcast out, ping/message in.
+
+    Reads happen on the serving event loop, so a loop that is blocked cannot answer pings: exactly what the
+    primary's health check must notice.
+    """
+
+    def __init__(self, sock: socket.socket, max_message_bytes: int) -> None:
+        self.sock = sock
+        self.max_message_bytes = max_message_bytes
+        self.requests: Callable[[], int] = lambda: 0
+        # For engines that run the app on threads: run ``callback`` there before the pong, so a wedged pool fails.
+        self.probe: Callable[[Callable[[], None]], None] | None = None
+        self.on_primary_gone: Callable[[], None] = lambda: None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def send(self, kind: str, **fields: Any) -> bool:
+        return channel.send(self.sock, channel.encode(kind, **fields))
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start answering on ``loop`` (the one that serves requests)."""
+        self._loop = loop
+        self.sock.setblocking(False)
+        loop.add_reader(self.sock.fileno(), self._readable)
+        bus.attach(self)
+
+    def detach(self) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self.sock.fileno())
+            self._loop = None
+
+    def _readable(self) -> None:
+        while True:
+            try:
+                raw = self.sock.recv(channel.recv_size())
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                raw = b""
+            if not raw:
+                self.detach()
+                self.on_primary_gone()
+                return
+            try:
+                message = channel.decode(raw, self.max_message_bytes)
+            except channel.ChannelError as exc:
+                log.event("channel", f"dropped a message from the primary: {exc}", warning=True)
+                continue
+            self._dispatch(message)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message["t"]
+        if kind == "ping":
+            seq = message.get("seq")
+            if self.probe is None:
+                self.send("pong", seq=seq, requests=self.requests())
+            else:
+                self.probe(lambda: self._pong_threadsafe(seq))
+        elif kind == "message":
+            self._deliver(str(message.get("topic")), message.get("data"))
+
+    def _pong_threadsafe(self, seq: Any) -> None:
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(lambda: self.send("pong", seq=seq, requests=self.requests()))
+
+    def _deliver(self, topic: str, data: Any) -> None:
+        for handler in bus.handlers_for(topic):
+            try:
+                result = handler(data)
+                if inspect.isawaitable(result) and self._loop is not None:
+                    task = asyncio.ensure_future(result, loop=self._loop)
+                    task.add_done_callback(_log_handler_failure(topic))
+            except Exception as exc:
+                log.event("message", f"handler for {topic!r} raised {type(exc).__name__}: {exc}", warning=True)
+
+
+def _log_handler_failure(topic: str) -> Callable[[asyncio.Future[Any]], None]:
+    def done(task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.event("message", f"handler for {topic!r} raised {type(exc).__name__}: {exc}", warning=True)
+
+    return done
+
+
+def _become_worker(spec: WorkerSpec) -> None:
+    """Process set-up right after fork, before the app is imported."""
+    signal.set_wakeup_fd(-1)
+    for sig in _PRIMARY_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # If the primary dies (even by SIGKILL), the kernel sends us SIGTERM: we drain and exit, never orphaned.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != spec.primary_pid:
+        os._exit(EXIT_PRIMARY_GONE)
+    os.environ["COREPOOL_WORKER"] = "1"
+    os.environ["COREPOOL_SLOT"] = str(spec.slot)
+    os.environ["COREPOOL_GENERATION"] = str(spec.generation)
+    with contextlib.suppress(ImportError):
+        import setproctitle
+
+        setproctitle.setproctitle(f"corepool worker {spec.app} [slot {spec.slot}, generation {spec.generation}]")
+    log.setup(spec.log_level, role="worker")
+    uvicorn_logger = logging.getLogger("uvicorn")
+    for handler in log.logger.handlers:
+        uvicorn_logger.addHandler(handler)
+    uvicorn_logger.setLevel(logging.DEBUG if spec.log_level == "debug" else logging.WARNING)
+    uvicorn_logger.propagate = False
+    access = logging.getLogger("uvicorn.access")
+    access.setLevel(logging.INFO if spec.access_log else logging.WARNING)
+
+
+def run(spec: WorkerSpec, sock: socket.socket, listeners: list[socket.socket]) -> int:
+    """The whole life of a worker; returns its exit code."""
+    _become_worker(spec)
+    link = WorkerLink(sock, spec.max_message_bytes)
+    try:
+        app = apps.load(spec.app, spec.app_dir)
+        interface = apps.detect_interface(app, spec.interface)
+    except apps.AppLoadError as exc:
+        link.send("boot_error", error=str(exc), detail=exc.detail[-8000:])
+        return EXIT_BOOT_FAILED
+    from corepool import engines
+
+    try:
+        return engines.serve(interface, app, listeners, link, spec)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_BOOT_FAILED
+    finally:
+        sys.stdout.flush()
