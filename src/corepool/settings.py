@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -201,7 +202,13 @@ def load(config_path: str | None = None, flags: Mapping[str, Any] | None = None)
             raise SettingsError(f"unknown setting '{key}'")
         values[key] = coerce(f, value, "flag")
     values = {k: v for k, v in values.items() if v is not None}
+    app = values.get("app")
+    if app is not None and not _APP_SPEC.fullmatch(app):
+        raise SettingsError(f"app: {app!r} is not module:attribute (for example myapp:app or corepool.demo:app)")
     return Settings(config_path=config_path, **values)
+
+
+_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:

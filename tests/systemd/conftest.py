@@ -4,7 +4,7 @@
   every sandbox it made is stopped at teardown, whether the test passed or not.
 * ``corepool_venv``: the path of a venv (of /usr/bin/python3) with this checkout installed, for units to run
   ``<venv>/bin/corepool`` or ``<venv>/bin/python``. Built once per source tree, shared by the session.
-* ``free_port()`` (import it from ``sandbox``): a free TCP port on 127.0.0.1; the network is the host's.
+* ``free_port()`` (from ``tests.support``): a free TCP port on 127.0.0.1; the network is the host's.
 
 Everything collected under tests/systemd is marked ``systemd`` and skipped, with the reason, where a sandbox
 cannot be booted (not root, no unshare/nsenter, no systemd, no cgroup2).
@@ -17,16 +17,9 @@ from pathlib import Path
 
 import pytest
 
-# tests/systemd may or may not be a package (tests/systemd/__init__.py); without one pytest puts this
-# directory on sys.path. Note that test_venv is imported under another name: a test_* name would be collected.
-try:
-    from .sandbox import Sandbox, free_port, sandbox_available
-    from .sandbox import test_venv as build_test_venv
-except ImportError:
-    from sandbox import Sandbox, free_port, sandbox_available  # type: ignore[no-redef,import-not-found,unused-ignore]
-    from sandbox import test_venv as build_test_venv  # type: ignore[no-redef,import-not-found,unused-ignore]
-
-__all__ = ["free_port"]
+# test_venv is imported under another name: a test_* name would be collected as a test.
+from tests.systemd.sandbox import Sandbox, sandbox_available
+from tests.systemd.sandbox import test_venv as build_test_venv
 
 HERE = Path(__file__).resolve().parent
 _UNAVAILABLE = sandbox_available()

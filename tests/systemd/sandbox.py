@@ -8,7 +8,7 @@ The host's PID 1 need not be systemd. Confinement, all of which matters:
   (``/sys/fs/cgroup/unified`` on a hybrid host, else ``/sys/fs/cgroup``) and cgroup2 is mounted over
   ``/sys/fs/cgroup`` inside, so systemd never moves host processes around;
 * ``SYSTEMD_UNIT_PATH`` holds only the test's units plus empty stub targets, never /lib/systemd/system;
-* the network namespace is the host's: use free 127.0.0.1 ports (see ``free_port`` in conftest.py).
+* the network namespace is the host's: use free 127.0.0.1 ports (see ``tests.support.free_port``).
 
 Files of the sandbox (its state dir with the units, the test venv) live under /var/lib/corepool-tests, which
 no tmpfs covers. ``stop()`` SIGKILLs the namespace's systemd (the death of a PID namespace's init kills all
@@ -27,7 +27,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -432,12 +431,6 @@ def _pump_console(master: int, log: Path) -> None:
             out.flush()
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the sandbox shares the host's network)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _innermost_pid(host_pid: int) -> int | None:

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-try:  # tests/systemd as a package, or (without __init__.py) as a directory that pytest put on sys.path
-    from .sandbox import Sandbox, SandboxError, free_port
-except ImportError:
-    from sandbox import Sandbox, SandboxError, free_port  # type: ignore[no-redef,import-not-found,unused-ignore]
+from tests.support import free_port
+from tests.systemd.sandbox import Sandbox, SandboxError
 
 SandboxFactory = Callable[..., Sandbox]
 

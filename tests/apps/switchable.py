@@ -1,0 +1,48 @@
+"""An ASGI test app whose import is steered by the file named in $SWITCH_FILE, read at import time:
+
+ok (or no file) → imports fine; broken → raises on import; slow:S → sleeps S seconds while importing;
+exit → the process exits during import. GET / answers {"pid", "generation", "version"}; GET /block blocks the
+event loop forever; GET /slow?s=S answers after S seconds.
+"""
+
+import asyncio
+import json
+import os
+import time
+
+_switch = os.environ.get("SWITCH_FILE")
+_mode = "ok"
+if _switch and os.path.exists(_switch):
+    with open(_switch) as fh:
+        _mode = fh.read().strip()
+if _mode == "broken":
+    raise RuntimeError("switchable: broken on purpose")
+if _mode.startswith("slow:"):
+    time.sleep(float(_mode.split(":", 1)[1]))
+if _mode == "exit":
+    os._exit(7)
+
+VERSION = _mode
+
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        return
+    path = scope["path"]
+    if path == "/block":
+        while True:
+            time.sleep(3600)  # a wedged event loop: no pongs, no requests
+    if path == "/slow":
+        seconds = float(scope["query_string"].decode().partition("=")[2] or 1)
+        await asyncio.sleep(seconds)
+    body = json.dumps(
+        {"pid": os.getpid(), "generation": int(os.environ.get("COREPOOL_GENERATION", 0)), "version": VERSION}
+    ).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,112 @@
+"""A real pool in a subprocess (``python -m corepool serve``) on a free 127.0.0.1 port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support import APPS, free_port
+
+
+class Pool:
+    def __init__(self, tmp: Path, app: str, *flags: str, workers: int | None = 2, env: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.port = free_port()
+        self.control = str(tmp / "control.sock")
+        self.log_path = tmp / "pool.log"
+        argv = [sys.executable, "-m", "corepool", "serve", app, "--bind", f"127.0.0.1:{self.port}",
+                "--control", self.control, "--app-dir", str(APPS), *flags]
+        if workers is not None:
+            argv += ["--workers", str(workers)]
+        self.argv = argv
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: bool = True) -> Pool:
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close(), it outlives this call
+        self.proc = subprocess.Popen(self.argv, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
+        if wait:
+            self.wait_running()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "corepool", *args, "--control", self.control],
+                              capture_output=True, text=True, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        out = self.ctl("status", "--json", timeout=10)
+        assert out.returncode == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    def pids(self, state: str = "ready") -> set[int]:
+        return {w["pid"] for w in self.status()["workers"] if w["state"] == state}
+
+    def wait_running(self, timeout: float = 30) -> None:
+        self.wait_for(lambda s: s["phase"] == "running" and s["workers_ready"] == s["workers_wanted"], timeout)
+
+    def wait_for(self, predicate: Any, timeout: float = 30, what: str = "") -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"pool exited with {self.proc.returncode}:\n{self.log()}")
+            if os.path.exists(self.control):
+                try:
+                    last = self.status()
+                except (AssertionError, ValueError):
+                    last = {}
+                if last and predicate(last):
+                    return last
+            time.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what or predicate}; last status {last}\n{self.log()}")
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+@pytest.fixture
+def pool_factory(tmp_path: Path) -> Iterator[Any]:
+    pools: list[Pool] = []
+
+    def make(app: str, *flags: str, **kw: Any) -> Pool:
+        pool = Pool(tmp_path / f"pool{len(pools)}", app, *flags, **kw)
+        pool.tmp.mkdir()
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close()

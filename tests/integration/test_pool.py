@@ -1,0 +1,284 @@
+"""The pool as users run it: real processes on 127.0.0.1, signals, load, and the control socket."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.support import Load, get_json
+
+FAST_HEALTH = ("--health-interval", "0.3", "--health-timeout", "1")
+
+
+def test_default_is_one_worker_per_core(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=None).start()
+    assert pool.status()["workers_wanted"] == len(os.sched_getaffinity(0))
+
+
+def test_demo_answers_pid_and_generation_from_every_worker(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=2).start()
+    seen = {get_json(pool.port)["pid"] for _ in range(60)}
+    assert seen == pool.pids()
+    assert get_json(pool.port)["generation"] == 1
+
+
+def test_kill_9_worker_under_load_is_replaced(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=2).start()
+    victim = sorted(pool.pids())[0]
+    with Load(pool.port, keepalive=4, fresh=4) as load:
+        time.sleep(0.5)
+        os.kill(victim, signal.SIGKILL)
+        pool.wait_for(lambda s: s["workers_ready"] == 2 and victim not in {w["pid"] for w in s["workers"]}, 10)
+        time.sleep(0.5)
+    result = load.stop()
+    assert victim not in pool.pids() and len(pool.pids()) == 2
+    # Only requests in flight on the killed worker may fail: at most one per client.
+    assert result.failed <= 8, result.errors
+    assert result.ok > 100
+
+
+def test_sigstopped_worker_is_killed_and_replaced(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", *FAST_HEALTH, workers=2).start()
+    victim = sorted(pool.pids())[0]
+    os.kill(victim, signal.SIGSTOP)
+    status = pool.wait_for(lambda s: victim not in {w["pid"] for w in s["workers"]} and s["workers_ready"] == 2, 10)
+    assert len(status["workers"]) == 2
+    assert "no pong within health_timeout" in pool.log()
+
+
+def test_worker_with_blocked_event_loop_is_killed_and_replaced(pool_factory: Any) -> None:
+    pool = pool_factory("switchable:app", *FAST_HEALTH, workers=2).start()
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=0.5)
+    conn.request("GET", "/block")  # one worker takes it and wedges its loop
+    time.sleep(0.3)
+    conn.close()
+    before = pool.pids()
+    status = pool.wait_for(
+        lambda s: len(before - {w["pid"] for w in s["workers"]}) == 1 and s["workers_ready"] == 2, 10
+    )
+    assert len(status["workers"]) == 2
+    assert "no pong within health_timeout" in pool.log()
+
+
+def test_reload_under_load_fails_no_request_and_replaces_every_pid(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=2).start()
+    with Load(pool.port, keepalive=4, fresh=4) as load:
+        time.sleep(0.3)
+        for round_ in range(3):
+            before = pool.pids()
+            out = pool.ctl("reload", "--wait", "--timeout", "60")
+            assert out.returncode == 0, out.stderr
+            after = pool.pids()
+            assert not before & after, f"round {round_}: old pids still serving: {before & after}"
+            time.sleep(0.3)
+    result = load.stop()
+    assert result.failed == 0, result.errors[:10]
+    assert result.ok > 200
+    assert pool.status()["generation"] == 4
+
+
+def test_sigusr2_reload_under_load(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=2).start()
+    before = pool.pids()
+    with Load(pool.port, keepalive=4, fresh=4) as load:
+        time.sleep(0.3)
+        pool.signal(signal.SIGUSR2)
+        pool.wait_for(lambda s: s["generation"] == 2 and not s["reloading"], 30)
+        time.sleep(0.5)
+    result = load.stop()
+    assert result.failed == 0, result.errors[:10]
+    assert not before & pool.pids()
+    assert result.pids & before and result.pids - before  # served by both generations
+
+
+def test_reload_to_broken_code_keeps_old_workers(pool_factory: Any, tmp_path: Path) -> None:
+    switch = tmp_path / "switch"
+    switch.write_text("ok")
+    pool = pool_factory("switchable:app", workers=2, env={"SWITCH_FILE": str(switch)}).start()
+    before = pool.pids()
+    switch.write_text("broken")
+    with Load(pool.port, keepalive=2, fresh=2) as load:
+        out = pool.ctl("reload", "--wait", "--timeout", "60")
+    result = load.stop()
+    assert out.returncode == 1
+    assert "rolled back" in out.stderr and "RuntimeError: switchable: broken on purpose" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert pool.pids() == before
+    assert result.failed == 0 and result.pids == before
+    status = pool.status()
+    assert status["last_reload"]["ok"] is False
+    assert status["workers_ready"] == 2
+
+
+def test_slow_importing_app_reload_keeps_capacity(pool_factory: Any, tmp_path: Path) -> None:
+    switch = tmp_path / "switch"
+    switch.write_text("ok")
+    pool = pool_factory("switchable:app", workers=2, env={"SWITCH_FILE": str(switch)}).start()
+    switch.write_text("slow:3")
+    with Load(pool.port, keepalive=4, fresh=4) as load:
+        time.sleep(0.3)
+        start = time.monotonic()
+        out = pool.ctl("reload", "--wait", "--timeout", "60")
+        end = time.monotonic()
+    result = load.stop()
+    assert out.returncode == 0, out.stderr
+    assert end - start >= 6  # two workers, one at a time, 3 s each
+    assert result.failed == 0, result.errors[:10]
+    assert result.max_latency(start, end) < 1.0
+
+
+def test_sigterm_lets_a_slow_request_finish(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=2).start()
+    import threading
+
+    answers: list[Any] = []
+    t = threading.Thread(target=lambda: answers.append(get_json(pool.port, "/slow?seconds=1.5", timeout=10)))
+    t.start()
+    time.sleep(0.4)
+    pool.signal(signal.SIGTERM)
+    t.join(10)
+    assert answers and answers[0]["slept"] == 1.5
+    assert pool.wait_exit() == 0
+
+
+def test_sigterm_kills_stragglers_after_graceful_timeout(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", "--graceful-timeout", "1", workers=1).start()
+    import threading
+
+    t = threading.Thread(target=lambda: _swallow(lambda: get_json(pool.port, "/slow?seconds=30", timeout=10)))
+    t.start()
+    time.sleep(0.3)
+    # The worker's own drain gives up at 0.9 s; SIGSTOP it so that it cannot, and the primary must SIGKILL it.
+    (worker,) = pool.pids()
+    os.kill(worker, signal.SIGSTOP)
+    started = time.monotonic()
+    pool.signal(signal.SIGTERM)
+    code = pool.wait_exit()
+    assert code == 1
+    assert time.monotonic() - started < 5
+    assert "1 worker(s) killed after graceful_timeout" in pool.log()
+    t.join(10)
+
+
+def _swallow(fn: Any) -> None:
+    with contextlib.suppress(Exception):
+        fn()
+
+
+def test_broadcast_reaches_every_other_worker(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=3).start()
+    sent = get_json(pool.port, "/broadcast", method="POST", body=b'{"hello": 1}')
+    others = pool.pids() - {sent["pid"]}
+    seen: dict[int, Any] = {}
+    deadline = time.monotonic() + 10
+    while set(seen) != pool.pids() and time.monotonic() < deadline:
+        answer = get_json(pool.port, "/messages")
+        seen[answer["pid"]] = answer["received"]
+    assert set(seen) == pool.pids()
+    for pid in others:
+        assert seen[pid] == [{"from": sent["pid"], "note": {"hello": 1}}]
+    assert seen[sent["pid"]] == []
+
+
+def test_crash_loop_backs_off_visibly(pool_factory: Any, tmp_path: Path) -> None:
+    switch = tmp_path / "switch"
+    switch.write_text("ok")
+    pool = pool_factory("switchable:app", workers=1, env={"SWITCH_FILE": str(switch)}).start()
+    switch.write_text("exit")
+    (victim,) = pool.pids()
+    os.kill(victim, signal.SIGKILL)
+    status = pool.wait_for(lambda s: s["slots"][0]["failures"] >= 4, 20, "4 failures")
+    slot = status["slots"][0]
+    assert slot["retry_in"] is not None and "exit code 7" in slot["last_error"]
+    text = pool.ctl("status").stdout
+    assert "failures in a row" in text and "backoff" in text
+    time.sleep(2)
+    spawned = pool.log().count("spawned (slot 0")
+    assert spawned <= 8, f"{spawned} forks in ~3 s: no backoff"
+    switch.write_text("ok")
+    pool.wait_for(lambda s: s["workers_ready"] == 1, 30, "recovery after backoff")
+
+
+def test_ttin_ttou_change_the_worker_count(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=1).start()
+    pool.signal(signal.SIGTTIN)
+    pool.wait_for(lambda s: s["workers_wanted"] == 2 and s["workers_ready"] == 2, 10)
+    pool.signal(signal.SIGTTOU)
+    pool.wait_for(lambda s: s["workers_wanted"] == 1 and len(s["workers"]) == 1, 10)
+
+
+def test_primary_sigkill_leaves_no_orphans(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=2).start()
+    workers = pool.pids()
+    pool.signal(signal.SIGKILL)
+    pool.wait_exit()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in workers)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_wsgi_app_is_served(pool_factory: Any) -> None:
+    pool = pool_factory("wsgiapp:app", workers=2).start()
+    answer = get_json(pool.port)
+    assert answer["interface"] == "wsgi" and answer["pid"] in pool.pids()
+
+
+def test_wsgi_worker_with_all_threads_stuck_fails_its_ping(pool_factory: Any) -> None:
+    pool = pool_factory("wsgiapp:app", *FAST_HEALTH, workers=1).start()
+    (victim,) = pool.pids()
+    import http.client
+
+    conns = []
+    for _ in range(10):  # a2wsgi's pool has 10 threads
+        conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=0.5)
+        conn.request("GET", "/stuck")
+        conns.append(conn)
+    pool.wait_for(lambda s: victim not in {w["pid"] for w in s["workers"]} and s["workers_ready"] == 1, 15)
+    for conn in conns:
+        conn.close()
+
+
+def test_raw_handler_is_served(pool_factory: Any) -> None:
+    import socket
+
+    pool = pool_factory("rawapp:handler", "--interface", "raw", workers=2).start()
+    with socket.create_connection(("127.0.0.1", pool.port), timeout=5) as s:
+        s.sendall(b"hello\n")
+        answer = s.makefile().readline()
+    pid, _, text = answer.partition(" ")
+    assert int(pid) in pool.pids() and text == "hello\n"
+
+
+def test_control_socket_is_private(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=1).start()
+    assert stat.S_IMODE(os.stat(pool.control).st_mode) == 0o600
+    assert f"control socket {pool.control}" in pool.log()
+
+
+def test_malformed_control_request_gets_an_error_and_pool_keeps_serving(pool_factory: Any) -> None:
+    import socket
+
+    pool = pool_factory("corepool.demo:app", workers=1).start()
+    for garbage in (b"not json\n", b'{"cmd": 3}\n', b'{"cmd": "explode"}\n', b"[1,2]\n"):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(pool.control)
+            s.sendall(garbage)
+            answer = s.makefile().readline()
+        assert '"ok": false' in answer, answer
+    assert get_json(pool.port)["pid"] in pool.pids()
