@@ -1,0 +1,280 @@
+"""The pool's decisions, with no processes and no clock: events in, actions out."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from corepool import policy as p
+from corepool.policy import Policy, Timing
+
+
+class Harness:
+    """Drives a Policy like the primary does, with fake pids and a hand-turned clock."""
+
+    def __init__(self, workers: int = 2, **timing: float) -> None:
+        self.policy = Policy(workers_wanted=workers, timing=Timing(**timing))
+        self.now = 0.0
+        self.next_pid = 100
+        self.actions: list[p.Action] = []
+
+    def feed(self, event: p.Event) -> list[p.Action]:
+        out = self.policy.handle(event)
+        self.actions.extend(out)
+        for action in out:
+            if isinstance(action, p.Spawn):
+                self.next_pid += 1
+                out += self.feed(p.WorkerForked(action.wid, self.next_pid, self.now))
+        return out
+
+    def at(self, now: float) -> list[p.Action]:
+        self.now = now
+        return self.feed(p.Tick(now))
+
+    def start(self) -> list[p.Action]:
+        return self.feed(p.Start(self.now))
+
+    def ready_all(self) -> list[p.Action]:
+        out: list[p.Action] = []
+        for w in list(self.policy.workers.values()):
+            if w.state is p.WorkerState.BOOTING:
+                out += self.feed(p.WorkerReady(w.wid, self.now))
+        return out
+
+    def exit(self, wid: int, clean: bool = False, description: str = "killed by SIGKILL") -> list[p.Action]:
+        return self.feed(p.WorkerExited(wid, description, clean, self.now))
+
+    def booting(self) -> list[int]:
+        return [w.wid for w in self.policy.workers.values() if w.state is p.WorkerState.BOOTING]
+
+    def ready(self) -> list[int]:
+        return [w.wid for w in self.policy.workers.values() if w.state is p.WorkerState.READY]
+
+
+def kinds(actions: list[p.Action], kind: type) -> list[p.Action]:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def test_start_spawns_one_worker_per_slot_and_is_ready_only_when_all_are() -> None:
+    h = Harness(workers=3)
+    spawns = kinds(h.start(), p.Spawn)
+    assert [s.slot for s in spawns] == [0, 1, 2]
+    first, *rest = h.booting()
+    assert not kinds(h.feed(p.WorkerReady(first, 0.1)), p.PoolReady)
+    out: list[p.Action] = []
+    for wid in rest:
+        out += h.feed(p.WorkerReady(wid, 0.2))
+    assert kinds(out, p.PoolReady) == [p.PoolReady()]
+    assert h.policy.phase is p.PoolPhase.RUNNING
+
+
+def test_boot_failure_before_the_pool_was_ever_ready_aborts_start() -> None:
+    h = Harness(workers=2)
+    h.start()
+    wid = h.booting()[0]
+    h.feed(p.WorkerBootError(wid, "app 'x:app': importing x raised ImportError", 0.1))
+    out = h.exit(wid, description="exit code 3")
+    assert kinds(out, p.Signal)  # the other booting worker is killed
+    other = h.booting()[0]
+    out = h.exit(other)
+    (exit_,) = kinds(out, p.Exit)
+    assert exit_.code == 1 and "ImportError" in exit_.reason
+
+
+def test_crash_after_ready_is_replaced_at_once_then_backs_off_when_repeated() -> None:
+    h = Harness(workers=1, stable_after=5, backoff_base=0.5, backoff_max=4)
+    h.start()
+    h.ready_all()
+    h.at(100.0)
+    wid = h.ready()[0]
+    assert kinds(h.exit(wid), p.Spawn)  # stable worker died: replaced at once
+    delays = []
+    for _ in range(6):
+        new = h.booting()[0]
+        out = h.exit(new, description="exit code 3")
+        assert not kinds(out, p.Spawn)
+        slot = h.policy.slots[0]
+        assert slot.retry_at is not None
+        delays.append(slot.retry_at - h.now)
+        assert kinds(h.at(slot.retry_at), p.Spawn)
+    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    h.ready_all()
+    h.at(h.now + 10)
+    wid = h.ready()[0]
+    assert kinds(h.exit(wid), p.Spawn), "a worker that stayed up resets the backoff"
+
+
+def test_health_ping_and_kill_on_missing_pong() -> None:
+    h = Harness(workers=1, health_interval=10, health_timeout=5)
+    h.start()
+    h.ready_all()
+    wid = h.ready()[0]
+    assert h.policy.next_deadline() == 10
+    (ping,) = kinds(h.at(10), p.Ping)
+    h.feed(p.Pong(wid, ping.seq, 42, 11))
+    assert h.policy.workers[wid].requests == 42
+    (ping,) = kinds(h.at(21), p.Ping)
+    assert not kinds(h.at(25.9), p.Signal)
+    (kill,) = kinds(h.at(26), p.Signal)
+    assert kill.signum == signal.SIGKILL and "health_timeout" in kill.reason
+    assert kinds(h.exit(wid), p.Spawn)
+
+
+def test_stale_pong_does_not_count() -> None:
+    h = Harness(workers=1, health_interval=1, health_timeout=1)
+    h.start()
+    h.ready_all()
+    wid = h.ready()[0]
+    (ping,) = kinds(h.at(1), p.Ping)
+    h.feed(p.Pong(wid, ping.seq - 1, 0, 1.5))
+    assert kinds(h.at(2), p.Signal)
+
+
+def test_boot_timeout_kills_a_worker_that_never_gets_ready() -> None:
+    h = Harness(workers=1, boot_timeout=60)
+    h.start()
+    (kill,) = kinds(h.at(60), p.Signal)
+    assert kill.signum == signal.SIGKILL and "boot_timeout" in kill.reason
+
+
+def test_rolling_reload_starts_one_new_worker_before_retiring_each_old_one() -> None:
+    h = Harness(workers=2)
+    h.start()
+    h.ready_all()
+    old = set(h.ready())
+    out = h.feed(p.ReloadRequested(1.0))
+    assert kinds(out, p.ReloadStarted) == [p.ReloadStarted(2)]
+    assert len(kinds(out, p.Spawn)) == 1 and not kinds(out, p.Signal)
+    new = h.booting()[0]
+    out = h.feed(p.WorkerReady(new, 2.0))
+    (term,) = kinds(out, p.Signal)
+    assert term.signum == signal.SIGTERM and term.wid in old
+    assert len(kinds(out, p.Spawn)) == 1
+    out = h.ready_all()
+    (term2,) = kinds(out, p.Signal)
+    assert {term.wid, term2.wid} == old
+    assert kinds(out, p.ReloadFinished) == [p.ReloadFinished(2, True, "all workers run generation 2")]
+    assert h.policy.generation == 2
+    for wid in old:
+        h.exit(wid, clean=True, description="exit code 0")
+    assert {w.generation for w in h.policy.workers.values()} == {2}
+
+
+def test_reload_that_fails_to_boot_rolls_back_and_keeps_old_workers() -> None:
+    h = Harness(workers=2)
+    h.start()
+    h.ready_all()
+    old = set(h.ready())
+    h.feed(p.ReloadRequested(1.0))
+    new = h.booting()[0]
+    h.feed(p.WorkerBootError(new, "boom", 1.5))
+    out = h.exit(new, description="exit code 3")
+    (finished,) = kinds(out, p.ReloadFinished)
+    assert not finished.ok and "boom" in finished.reason
+    assert not kinds(out, p.Spawn) and not kinds(out, p.Signal)
+    assert set(h.ready()) == old and h.policy.generation == 1
+    assert h.policy.last_reload is not None and not h.policy.last_reload.ok
+
+
+def test_reload_boot_timeout_rolls_back() -> None:
+    h = Harness(workers=1, boot_timeout=5)
+    h.start()
+    h.ready_all()
+    h.feed(p.ReloadRequested(1.0))
+    new = h.booting()[0]
+    (kill,) = kinds(h.at(6.0), p.Signal)
+    assert kill.wid == new
+    (finished,) = kinds(h.exit(new), p.ReloadFinished)
+    assert not finished.ok and "boot_timeout" in finished.reason
+
+
+def test_reloads_asked_during_a_reload_coalesce_into_one_more() -> None:
+    h = Harness(workers=1)
+    h.start()
+    h.ready_all()
+    h.feed(p.ReloadRequested(1.0))
+    assert not kinds(h.feed(p.ReloadRequested(1.1)), p.ReloadStarted)
+    assert not kinds(h.feed(p.ReloadRequested(1.2)), p.ReloadStarted)
+    out = h.ready_all()
+    assert [a.generation for a in kinds(out, p.ReloadStarted)] == [3]
+    out = h.ready_all()
+    assert kinds(out, p.ReloadFinished)[0].generation == 3
+    assert not h.policy.reloading
+
+
+def test_graceful_stop_drains_then_exits_zero() -> None:
+    h = Harness(workers=2, graceful_timeout=30)
+    h.start()
+    h.ready_all()
+    out = h.feed(p.StopRequested(5.0))
+    assert {a.signum for a in kinds(out, p.Signal)} == {signal.SIGTERM}
+    wids = list(h.policy.workers)
+    h.exit(wids[0], clean=True, description="exit code 0")
+    (exit_,) = kinds(h.exit(wids[1], clean=True, description="exit code 0"), p.Exit)
+    assert exit_.code == 0
+
+
+def test_stop_kills_stragglers_after_graceful_timeout_and_exits_non_zero() -> None:
+    h = Harness(workers=2, graceful_timeout=30)
+    h.start()
+    h.ready_all()
+    h.feed(p.StopRequested(5.0))
+    wids = list(h.policy.workers)
+    h.exit(wids[0], clean=True, description="exit code 0")
+    (kill,) = kinds(h.at(35.0), p.Signal)
+    assert kill.signum == signal.SIGKILL and kill.wid == wids[1]
+    (exit_,) = kinds(h.exit(wids[1]), p.Exit)
+    assert exit_.code == 1 and "1 worker(s) killed" in exit_.reason
+
+
+def test_stop_during_reload_reports_the_reload_as_failed() -> None:
+    h = Harness(workers=1)
+    h.start()
+    h.ready_all()
+    h.feed(p.ReloadRequested(1.0))
+    (finished,) = kinds(h.feed(p.StopRequested(2.0)), p.ReloadFinished)
+    assert not finished.ok
+
+
+def test_scale_up_and_down() -> None:
+    h = Harness(workers=1)
+    h.start()
+    h.ready_all()
+    (spawn,) = kinds(h.feed(p.ScaleRequested(1, 1.0)), p.Spawn)
+    assert spawn.slot == 1 and h.policy.workers_wanted == 2
+    h.ready_all()
+    (term,) = kinds(h.feed(p.ScaleRequested(-1, 2.0)), p.Signal)
+    assert h.policy.workers[term.wid].slot == 1 and h.policy.workers_wanted == 1
+    assert not kinds(h.exit(term.wid, clean=True), p.Spawn)
+    assert not kinds(h.feed(p.ScaleRequested(-1, 3.0)), p.Signal), "never below one worker"
+
+
+def test_scale_during_reload_waits_for_the_reload() -> None:
+    h = Harness(workers=1)
+    h.start()
+    h.ready_all()
+    h.feed(p.ReloadRequested(1.0))
+    out = h.feed(p.ScaleRequested(1, 1.1))
+    assert not kinds(out, p.Spawn)
+    out = h.ready_all()
+    assert kinds(out, p.ReloadFinished)
+    assert [s.slot for s in kinds(out, p.Spawn)] == [1]
+
+
+def test_healthy_needs_a_recent_pong_from_a_ready_worker() -> None:
+    h = Harness(workers=1, health_interval=1, health_timeout=10)
+    h.start()
+    assert not h.policy.healthy(0.0, 5)
+    h.ready_all()
+    assert h.policy.healthy(1.0, 5)
+    wid = h.ready()[0]
+    (ping,) = kinds(h.at(1.0), p.Ping)
+    assert not h.policy.healthy(7.0, 5)
+    h.feed(p.Pong(wid, ping.seq, 0, 7.0))
+    assert h.policy.healthy(8.0, 5)
+
+
+def test_workers_wanted_must_be_positive() -> None:
+    with pytest.raises(ValueError):
+        Policy(workers_wanted=0)

@@ -1,0 +1,150 @@
+"""Property tests: random event sequences never break the pool's invariants."""
+
+from __future__ import annotations
+
+import signal
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from corepool import policy as p
+from corepool.policy import Policy, Timing, WorkerState
+
+
+class PoolMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy = Policy(workers_wanted=3, timing=Timing(health_interval=1, health_timeout=1, boot_timeout=5,
+                                                             graceful_timeout=3, backoff_base=0.5, backoff_max=4))
+        self.now = 0.0
+        self.pid = 1000
+        self.exited = False
+        self.step(p.Start(self.now))
+
+    # -- feeding ----------------------------------------------------------------------------------
+
+    def step(self, event: p.Event) -> list[p.Action]:
+        ready_before = self.policy.ready_count()
+        slots_before = len(self.policy.slots)
+        out = self.policy.handle(event)
+        assert not self.exited or not out, f"actions after Exit: {out}"
+        for action in out:
+            self.check_action(event, action)
+            if isinstance(action, p.Exit):
+                assert not self.policy.workers
+                self.exited = True
+        if isinstance(event, (p.WorkerReady, p.Pong, p.ReloadRequested, p.WorkerForked, p.WorkerBootError)):
+            # Only deaths, timers, stops and scale-downs (possibly deferred until a roll ends) lower capacity.
+            removed_slots = max(0, slots_before - len(self.policy.slots))
+            assert self.policy.ready_count() >= ready_before - removed_slots, (event, ready_before, out)
+        for action in out:
+            if isinstance(action, p.Spawn):
+                self.pid += 1
+                self.policy.handle(p.WorkerForked(action.wid, self.pid, self.now))
+        return out
+
+    def check_action(self, event: p.Event, action: p.Action) -> None:
+        if isinstance(action, (p.Signal, p.Ping)):
+            assert action.wid in self.policy.workers
+        if isinstance(action, p.Signal) and action.signum == signal.SIGTERM:
+            stopping = self.policy.phase is p.PoolPhase.STOPPING
+            if not stopping and not isinstance(event, p.ScaleRequested) and not self._scaled_down(action.wid):
+                # A serving worker is retired only when its slot's replacement just became ready.
+                assert isinstance(event, p.WorkerReady), (event, action)
+                assert self.policy.workers[event.wid].slot == self.policy.workers[action.wid].slot
+
+    def _scaled_down(self, wid: int) -> bool:
+        return self.policy.workers[wid].slot not in self.policy.slots
+
+    def pick(self, data: st.DataObject, state: WorkerState) -> int | None:
+        wids = sorted(w.wid for w in self.policy.workers.values() if w.state is state)
+        return data.draw(st.sampled_from(wids)) if wids else None
+
+    # -- rules --------------------------------------------------------------------------------------
+
+    @rule(data=st.data())
+    def worker_ready(self, data: st.DataObject) -> None:
+        wid = self.pick(data, WorkerState.BOOTING)
+        if wid is not None:
+            self.step(p.WorkerReady(wid, self.now))
+
+    @rule(data=st.data(), during_boot=st.booleans())
+    def worker_dies(self, data: st.DataObject, during_boot: bool) -> None:
+        wid = self.pick(data, WorkerState.BOOTING if during_boot else WorkerState.READY)
+        if wid is not None:
+            self.step(p.WorkerExited(wid, "killed by SIGKILL", False, self.now))
+
+    @rule(data=st.data())
+    def retired_worker_exits(self, data: st.DataObject) -> None:
+        wid = self.pick(data, WorkerState.DRAINING)
+        if wid is not None:
+            self.step(p.WorkerExited(wid, "exit code 0", True, self.now))
+
+    @rule()
+    def killed_workers_die(self) -> None:
+        for w in list(self.policy.workers.values()):
+            if w.kill_reason is not None and w.wid in self.policy.workers:
+                self.step(p.WorkerExited(w.wid, "killed by SIGKILL", False, self.now))
+
+    @rule()
+    def everyone_answers_pings(self) -> None:
+        for w in list(self.policy.workers.values()):
+            if w.ping_sent_at is not None and w.wid in self.policy.workers:
+                self.step(p.Pong(w.wid, w.ping_seq, 1, self.now))
+
+    @rule(dt=st.floats(min_value=0.01, max_value=6))
+    def time_passes(self, dt: float) -> None:
+        self.now += dt
+        self.step(p.Tick(self.now))
+
+    @rule()
+    def reload(self) -> None:
+        self.step(p.ReloadRequested(self.now))
+
+    @rule(delta=st.sampled_from([-1, 1]))
+    def scale(self, delta: int) -> None:
+        self.step(p.ScaleRequested(delta, self.now))
+
+    @precondition(lambda self: self.policy.phase is not p.PoolPhase.STOPPING)
+    @rule(graceful=st.booleans())
+    def stop(self, graceful: bool) -> None:
+        self.step(p.StopRequested(self.now, graceful))
+
+    # -- invariants ---------------------------------------------------------------------------------
+
+    @invariant()
+    def at_most_one_worker_booting_beyond_the_missing_capacity(self) -> None:
+        # A reload adds at most one booting worker at a time; everything else that boots replaces a slot
+        # that has no ready worker.
+        live = [w for w in self.policy.workers.values() if w.kill_reason is None]
+        booting = sum(1 for w in live if w.state is WorkerState.BOOTING)
+        served = {w.slot for w in live if w.state is WorkerState.READY}
+        missing = sum(1 for index in self.policy.slots if index not in served)
+        assert booting <= missing + 1, (booting, missing)
+
+    @invariant()
+    def one_serving_worker_per_slot_outside_a_roll(self) -> None:
+        rolling = self.policy.roll.booting_wid if self.policy.roll else None
+        per_slot: dict[int, int] = {}
+        for w in self.policy.workers.values():
+            if w.state is not WorkerState.DRAINING and w.kill_reason is None and w.wid != rolling:
+                per_slot[w.slot] = per_slot.get(w.slot, 0) + 1
+        assert all(n == 1 for n in per_slot.values()), per_slot
+
+    @invariant()
+    def serving_process_count_is_bounded(self) -> None:
+        serving = [w for w in self.policy.workers.values() if w.state is not WorkerState.DRAINING and not w.kill_reason]
+        assert len(serving) <= len(self.policy.slots) + 1
+
+    @invariant()
+    def a_deadline_is_pending_while_anything_waits_on_time(self) -> None:
+        waiting = any(w.kill_reason is None for w in self.policy.workers.values()) or any(
+            s.retry_at is not None for s in self.policy.slots.values()
+        )
+        if waiting and self.policy.phase is not p.PoolPhase.EXITED:
+            assert self.policy.next_deadline() is not None
+
+
+TestPoolMachine = PoolMachine.TestCase
+TestPoolMachine.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
