@@ -7,9 +7,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from corepool import __version__, apps, control, settings
+
+if TYPE_CHECKING:
+    from corepool.listeners import Acquired
+    from corepool.systemd import Notifier
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -106,15 +110,38 @@ def _serve(args: argparse.Namespace) -> int:
     log.setup(s.log_level)
     notifier = Notifier()
     try:
-        bound, warning = listeners.acquire(s.bind, s.backlog, os.environ)
+        acquired = listeners.acquire(s.bind, s.backlog, os.environ)
     except listeners.ListenerError as exc:
         return _fail(EXIT_FAILURE, str(exc))
-    if warning:
-        log.event("listen", warning, warning=True)
+    if acquired.warning:
+        log.event("listen", acquired.warning, warning=True)
+    names = {lst.name for lst in acquired.listeners}
+    unknown = sorted({name for name, _ in s.routes} - names)
+    if unknown:
+        for lst in acquired.listeners:
+            lst.close()
+        raise settings.SettingsError(
+            f"routes: no socket named {', '.join(unknown)} (the sockets are named {', '.join(sorted(names))}; "
+            "name them with FileDescriptorName= or --bind NAME=ADDRESS)"
+        )
+    _keep_in_fd_store(notifier, acquired)
     flags = _flags(args)
     if args.app:
         flags["app"] = args.app
-    return Primary(s, bound, notifier, flags).run()
+    return Primary(s, acquired.listeners, notifier, flags).run()
+
+
+def _keep_in_fd_store(notifier: Notifier, acquired: Acquired) -> None:
+    """Sockets corepool bound itself go into systemd's fd store, so a restarted primary finds them open."""
+    from corepool.listeners import FDSTORE_PREFIX
+
+    own = [lst for lst in acquired.listeners if lst.source in ("bind", "fdstore")]
+    if not own or not notifier.can_store_fds or not acquired.store_changed:
+        return
+    names = {FDSTORE_PREFIX + lst.name for lst in own} | acquired.stale_store_names
+    notifier.store_fds([(FDSTORE_PREFIX + lst.name, lst.sock.fileno()) for lst in own], names)
+    for lst in own:
+        lst.unix_path = None  # systemd keeps the socket for the next run: leave its file in place
 
 
 def _check(args: argparse.Namespace) -> int:

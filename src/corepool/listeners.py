@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import socket
 import stat
 from collections.abc import MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 SD_LISTEN_FDS_START = 3
+DEFAULT_NAME = "http"
+# Sockets corepool bound itself and keeps in systemd's fd store carry this prefix in their FDNAME=.
+FDSTORE_PREFIX = "corepool."
 
 
 class ListenerError(ValueError):
@@ -26,9 +30,9 @@ class Listener:
     """One listening stream socket and where it came from."""
 
     sock: socket.socket
-    name: str  # the systemd FileDescriptorName=, or the --bind string
+    name: str  # systemd's FileDescriptorName=, or NAME= in --bind; "http" when unnamed. Routes select by it.
     address: str  # for humans: 127.0.0.1:8000, [::1]:8000, unix:/run/x.sock
-    source: str  # "systemd" or "bind"
+    source: str  # "systemd" (a socket unit), "fdstore" (bound by an earlier corepool, kept by systemd) or "bind"
     unix_path: str | None = None  # a unix socket file corepool created (and removes at exit)
 
     def close(self) -> None:
@@ -38,8 +42,17 @@ class Listener:
                 os.unlink(self.unix_path)
 
 
+def split_name(spec: str) -> tuple[str, str]:
+    """``metrics=127.0.0.1:9100`` → ("metrics", "127.0.0.1:9100"); unnamed addresses are "http"."""
+    name, sep, address = spec.partition("=")
+    if sep and re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name):
+        return name, address
+    return DEFAULT_NAME, spec
+
+
 def parse_bind(spec: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
-    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` (all IPv4 addresses) or ``unix:PATH``."""
+    """``HOST:PORT``, ``[IPV6]:PORT``, ``:PORT`` (all IPv4 addresses) or ``unix:PATH``, after an optional NAME=."""
+    spec = split_name(spec)[1]
     if spec.startswith("unix:"):
         path = spec[len("unix:") :]
         if not path:
@@ -57,6 +70,7 @@ def parse_bind(spec: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
 
 def bind(spec: str, backlog: int) -> Listener:
     """Bind and listen on one ``--bind`` address."""
+    name, _ = split_name(spec)
     family, address = parse_bind(spec)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -78,8 +92,8 @@ def bind(spec: str, backlog: int) -> Listener:
         }.get(exc.errno or 0, "choose another --bind")
         raise ListenerError(f"cannot bind {spec}: {exc.strerror or exc} ({hint})") from None
     sock.set_inheritable(True)
-    shown = spec if family == socket.AF_UNIX else _format(sock)
-    return Listener(sock, spec, shown, "bind", unix_path=address if isinstance(address, str) else None)
+    unix_path = address if isinstance(address, str) else None
+    return Listener(sock, name, _format(sock), "bind", unix_path=unix_path)
 
 
 def _remove_stale_unix_socket(spec: str, path: str) -> None:
@@ -164,19 +178,62 @@ def _adopt(fd: int, name: str) -> Listener:
     return Listener(sock, name, _format(sock), "systemd")
 
 
-def acquire(
-    binds: tuple[str, ...], backlog: int, environ: MutableMapping[str, str]
-) -> tuple[list[Listener], str | None]:
-    """systemd's sockets when it passed any, else bind every ``--bind`` address. Returns (listeners, warning)."""
-    listeners, warning = from_systemd(environ)
-    if listeners:
-        return listeners, warning
-    bound: list[Listener] = []
+@dataclass
+class Acquired:
+    """The pool's listeners, and what the fd store needs to hear about them."""
+
+    listeners: list[Listener]
+    warning: str | None = None
+    # True when the sockets corepool bound differ from those systemd kept for it: the store must be rewritten.
+    store_changed: bool = False
+    stale_store_names: set[str] = field(default_factory=set)  # FDNAMEs systemd kept that are no longer wanted
+
+
+def acquire(binds: tuple[str, ...], backlog: int, environ: MutableMapping[str, str]) -> Acquired:
+    """The sockets to serve.
+
+    A socket unit's sockets win when systemd passed any. Otherwise each ``--bind`` address is taken from the
+    sockets systemd kept in its fd store for an earlier run of this service (so connections queue in the
+    kernel across a crash and restart instead of being refused), or bound afresh.
+    """
+    inherited, warning = from_systemd(environ)
+    from_unit = [lst for lst in inherited if not lst.name.startswith(FDSTORE_PREFIX)]
+    stored = [lst for lst in inherited if lst.name.startswith(FDSTORE_PREFIX)]
+    if from_unit:
+        for lst in stored:
+            lst.close()
+        return Acquired(from_unit, warning, bool(stored), {lst.name for lst in stored})
+    result: list[Listener] = []
+    changed = False
     try:
         for spec in binds:
-            bound.append(bind(spec, backlog))
+            name, _ = split_name(spec)
+            family, address = parse_bind(spec)
+            wanted = FDSTORE_PREFIX + name
+            kept = next((lst for lst in stored if lst.name == wanted and _bound_to(lst, family, address)), None)
+            if kept is not None:
+                stored.remove(kept)
+                kept.name, kept.source = name, "fdstore"
+                result.append(kept)
+            else:
+                result.append(bind(spec, backlog))
+                changed = True
     except ListenerError:
-        for listener in bound:
-            listener.close()
+        for lst in result + stored:
+            lst.close()
         raise
-    return bound, warning
+    for lst in stored:  # kept for addresses no longer configured
+        lst.close()
+        changed = True
+    return Acquired(result, warning, changed, {lst.name for lst in stored})
+
+
+def _bound_to(listener: Listener, family: socket.AddressFamily, address: str | tuple[str, int]) -> bool:
+    sock = listener.sock
+    if sock.family != family:
+        return False
+    if family == socket.AF_UNIX:
+        return bool(sock.getsockname() == address)
+    host, port = sock.getsockname()[:2]
+    assert isinstance(address, tuple)
+    return (host, port) == address or (port == address[1] and address[0] in ("0.0.0.0", "::") and host == address[0])

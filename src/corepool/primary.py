@@ -284,6 +284,7 @@ class Primary:
             drain_timeout=max(0.1, s.graceful_timeout * 0.9),
             max_message_bytes=s.max_message_bytes,
             log_level=s.log_level,
+            routes=s.routes,
         )
         primary_end, worker_end = channel.pair()
         private: list[socket.socket | selectors.BaseSelector] = [
@@ -306,7 +307,7 @@ class Primary:
                 for fd in control_fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                code = worker.run(spec, worker_end, [listener.sock for listener in self.listeners])
+                code = worker.run(spec, worker_end, [(listener.name, listener.sock) for listener in self.listeners])
             except BaseException:
                 traceback.print_exc()
             finally:

@@ -39,16 +39,20 @@ class Field:
     choices: tuple[str, ...] = ()
     minimum: float | None = None
     repeat: bool = False  # a list of strings; the flag may be given several times
+    flag_name: str | None = None
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return "--" + (self.flag_name or self.name.replace("_", "-"))
 
 
 FIELDS: tuple[Field, ...] = (
     Field("app", str, None, "the app to serve, as module:attribute (for example myapp:app)"),
     Field("interface", str, "auto", "how to call the app: auto, asgi, wsgi or raw", choices=INTERFACES),
-    Field("bind", str, ["127.0.0.1:8000"], "HOST:PORT, [IPv6]:PORT or unix:PATH to listen on", repeat=True),
+    Field("bind", str, ["127.0.0.1:8000"], "[NAME=]HOST:PORT, [NAME=][IPv6]:PORT or [NAME=]unix:PATH to listen on",
+          repeat=True),
+    Field("routes", dict, {}, "NAME=module:attribute: serve another app on the sockets named NAME", repeat=True,
+          flag_name="route"),
     Field("workers", int, None, "number of workers (default: one per CPU core)", minimum=1),
     Field("app_dir", str, ".", "directory added to sys.path before importing the app"),
     Field("name", str, "corepool", "the pool's name, used for the default control socket path"),
@@ -75,6 +79,7 @@ class Settings:
     app: str | None = None
     interface: str = "auto"
     bind: tuple[str, ...] = ("127.0.0.1:8000",)
+    routes: tuple[tuple[str, str], ...] = ()
     workers: int = field(default_factory=_default_workers)
     app_dir: str = "."
     name: str = "corepool"
@@ -119,6 +124,8 @@ def _where(source: str, f: Field) -> str:
 
 def coerce(f: Field, value: Any, source: str) -> Any:
     """Check and convert one value; raise SettingsError naming the setting and how to fix it."""
+    if f.kind is dict:
+        return _routes(f, value, source)
     if f.repeat:
         items = [value] if isinstance(value, str) else value
         if not isinstance(items, list) or not items or not all(isinstance(i, str) and i for i in items):
@@ -126,7 +133,9 @@ def coerce(f: Field, value: Any, source: str) -> Any:
         return tuple(items)
     if value is None:
         return None
-    converters: dict[type, Callable[[Any], Any]] = {int: _to_int, float: _to_float, bool: _to_bool, str: _to_str}
+    converters: dict[type, Callable[[Any], Any]] = {
+        int: _to_int, float: _to_float, bool: _to_bool, str: _to_str
+    }
     try:
         out = converters[f.kind](value)
     except (TypeError, ValueError):
@@ -139,6 +148,25 @@ def coerce(f: Field, value: Any, source: str) -> Any:
     if f.minimum is not None and out < f.minimum:
         raise SettingsError(f"{f.name}: must be at least {f.minimum:g}, got {out!r} ({_where(source, f)})")
     return out
+
+
+def _routes(f: Field, value: Any, source: str) -> tuple[tuple[str, str], ...]:
+    """A TOML table {name = "module:attr"} or flags ["name=module:attr", ...] as sorted (name, app) pairs."""
+    pairs: list[tuple[Any, Any]]
+    if isinstance(value, dict):
+        pairs = list(value.items())
+    elif isinstance(value, list) and all(isinstance(item, str) for item in value):
+        pairs = [tuple(item.split("=", 1)) if "=" in item else (item, "") for item in value]
+    else:
+        raise SettingsError(f"{f.name}: expected a table of NAME = \"module:attribute\" ({_where(source, f)})")
+    for name, app in pairs:
+        if not isinstance(name, str) or not SOCKET_NAME.fullmatch(name):
+            raise SettingsError(
+                f"{f.name}: {name!r} is not a socket name (letters, digits, . _ -) ({_where(source, f)})"
+            )
+        if not isinstance(app, str) or not APP_SPEC.fullmatch(app):
+            raise SettingsError(f"{f.name}: {name} = {app!r} is not module:attribute ({_where(source, f)})")
+    return tuple(sorted(pairs))
 
 
 def _to_int(value: Any) -> int:
@@ -203,12 +231,15 @@ def load(config_path: str | None = None, flags: Mapping[str, Any] | None = None)
         values[key] = coerce(f, value, "flag")
     values = {k: v for k, v in values.items() if v is not None}
     app = values.get("app")
-    if app is not None and not _APP_SPEC.fullmatch(app):
+    if app is not None and not APP_SPEC.fullmatch(app):
         raise SettingsError(f"app: {app!r} is not module:attribute (for example myapp:app or corepool.demo:app)")
+    if values.get("routes") and values.get("interface") == "raw":
+        raise SettingsError("routes: a raw handler owns its sockets; remove routes or use interface asgi/wsgi/auto")
     return Settings(config_path=config_path, **values)
 
 
-_APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+SOCKET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def as_dict(settings: Settings) -> dict[str, Any]:

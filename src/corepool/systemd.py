@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable, MutableMapping
 
-Sender = Callable[[str], None]
+Sender = Callable[[str, list[int] | None], None]
 
 
 def _libsystemd_sender() -> Sender | None:
@@ -21,8 +21,8 @@ def _libsystemd_sender() -> Sender | None:
     except ImportError:
         return None
 
-    def send(message: str) -> None:
-        daemon.notify(message)
+    def send(message: str, fds: list[int] | None = None) -> None:
+        daemon.notify(message, fds=fds or None)
 
     return send
 
@@ -34,8 +34,9 @@ def _sdnotify_sender() -> Sender | None:
         return None
     notifier = sdnotify.SystemdNotifier()
 
-    def send(message: str) -> None:
-        notifier.notify(message)
+    def send(message: str, fds: list[int] | None = None) -> None:
+        if not fds:  # sdnotify cannot pass file descriptors
+            notifier.notify(message)
 
     return send
 
@@ -66,9 +67,20 @@ class Notifier:
         for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
             environ.pop(key, None)
 
-    def send(self, *fields: str) -> None:
+    def send(self, *fields: str, fds: list[int] | None = None) -> None:
         if self._send is not None:
-            self._send("\n".join(fields))
+            self._send("\n".join(fields), fds)
+
+    @property
+    def can_store_fds(self) -> bool:
+        return self.backend == "libsystemd"
+
+    def store_fds(self, named: list[tuple[str, int]], names_to_drop: set[str]) -> None:
+        """Keep sockets in systemd's fd store (needs FileDescriptorStoreMax=) so a restart gets them back."""
+        for name in sorted(names_to_drop):
+            self.send("FDSTOREREMOVE=1", f"FDNAME={name}")
+        for name, fd in named:
+            self.send("FDSTORE=1", f"FDNAME={name}", fds=[fd])
 
     def ready(self, status: str) -> None:
         self._last_status = status

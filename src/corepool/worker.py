@@ -13,9 +13,12 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corepool import apps, bus, channel, log
+
+if TYPE_CHECKING:
+    from corepool import engines
 
 EXIT_OK = 0
 EXIT_BOOT_FAILED = 3
@@ -41,6 +44,7 @@ class WorkerSpec:
     drain_timeout: float = 27.0
     max_message_bytes: int = channel.DEFAULT_MAX_MESSAGE
     log_level: str = "info"
+    routes: tuple[tuple[str, str], ...] = ()  # (socket name, module:attribute) served instead of ``app``
 
 
 class WorkerLink:
@@ -160,21 +164,36 @@ def _become_worker(spec: WorkerSpec) -> None:
     access.setLevel(logging.INFO if spec.access_log else logging.WARNING)
 
 
-def run(spec: WorkerSpec, sock: socket.socket, listeners: list[socket.socket]) -> int:
-    """The whole life of a worker; returns its exit code."""
+def run(spec: WorkerSpec, sock: socket.socket, listeners: list[tuple[str, socket.socket]]) -> int:
+    """The whole life of a worker; returns its exit code. ``listeners`` are (name, socket) pairs."""
     _become_worker(spec)
     link = WorkerLink(sock, spec.max_message_bytes)
-    try:
-        app = apps.load(spec.app, spec.app_dir)
-        interface = apps.detect_interface(app, spec.interface)
-    except apps.AppLoadError as exc:
-        link.send("boot_error", error=str(exc), detail=exc.detail[-8000:])
-        return EXIT_BOOT_FAILED
     from corepool import engines
 
     try:
-        return engines.serve(interface, app, listeners, link, spec)
+        routes = load_routes(spec, listeners)
+    except apps.AppLoadError as exc:
+        link.send("boot_error", error=str(exc), detail=exc.detail[-8000:])
+        return EXIT_BOOT_FAILED
+    try:
+        return engines.serve(routes, link, spec)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_BOOT_FAILED
     finally:
         sys.stdout.flush()
+
+
+def load_routes(spec: WorkerSpec, listeners: list[tuple[str, socket.socket]]) -> list[engines.Route]:
+    """Import every app that has a socket to serve: the main app, and each routed app on its named sockets."""
+    from corepool import engines
+
+    routed = dict(spec.routes)
+    by_app: dict[str, list[socket.socket]] = {}
+    for name, listen_socket in listeners:
+        by_app.setdefault(routed.get(name, spec.app), []).append(listen_socket)
+    routes = []
+    for app_spec, sockets in by_app.items():
+        app = apps.load(app_spec, spec.app_dir)
+        requested = spec.interface if app_spec == spec.app else "auto"
+        routes.append(engines.Route(app_spec, app, apps.detect_interface(app, requested), sockets))
+    return routes

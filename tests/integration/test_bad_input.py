@@ -130,3 +130,12 @@ def test_status_without_a_pool_says_how_to_fix(tmp_path: Path) -> None:
     out = corepool("status", "--control", str(tmp_path / "none.sock"))
     assert out.returncode == 1
     assert "is the pool running?" in one_line(out)
+
+
+def test_route_to_an_unknown_socket_name(tmp_path: Path) -> None:
+    out = corepool("serve", "corepool.demo:app", "--route", "metrics=wsgiapp:app", "--bind", f"127.0.0.1:{free_port()}",
+                   "--control", str(tmp_path / "c"))
+    assert out.returncode == 2
+    assert "routes: no socket named metrics (the sockets are named http" in one_line(out)
+    out = corepool("check", "corepool.demo:app", "--route", "metrics")
+    assert out.returncode == 2 and "metrics = '' is not module:attribute" in one_line(out)

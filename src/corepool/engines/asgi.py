@@ -15,14 +15,15 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corepool import log
-from corepool.worker import EXIT_OK, WorkerLink, WorkerSpec
+from corepool.engines import Route
+from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
 
 class DrainingHttpToolsProtocol(HttpToolsProtocol):
@@ -43,11 +44,11 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
 
 
 class PoolServer(uvicorn.Server):
-    """uvicorn's Server that reports readiness on the worker's channel and drains on SIGTERM."""
+    """uvicorn's Server without its own signal handling, telling when it accepts."""
 
-    def __init__(self, config: uvicorn.Config, link: WorkerLink) -> None:
+    def __init__(self, config: uvicorn.Config) -> None:
         super().__init__(config)
-        self.link = link
+        self.up = asyncio.Event()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -55,19 +56,8 @@ class PoolServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets=sockets)
-        if not self.started:
-            return
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.drain)
-        self.link.requests = lambda: self.server_state.total_requests
-        self.link.on_primary_gone = self.drain
-        self.link.attach(loop)
-        self.link.send("ready")
-
-    def drain(self) -> None:
-        if not self.should_exit:
-            log.event("drain", "draining: no new connections, finishing in-flight requests")
-        self.should_exit = True
+        if self.started:
+            self.up.set()
 
 
 def make_config(app: Any, spec: WorkerSpec, interface: str = "auto") -> uvicorn.Config:
@@ -93,12 +83,49 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-def run_server(config: uvicorn.Config, listeners: list[socket.socket], link: WorkerLink) -> int:
-    server = PoolServer(config, link)
-    with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        runner.run(server.serve(sockets=listeners))
+async def _serve_all(servers: list[tuple[PoolServer, list[socket.socket]]], link: WorkerLink) -> int:
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(server.serve(sockets=sockets)) for server, sockets in servers]
+    all_up = asyncio.ensure_future(_wait_all([server.up for server, _ in servers]))  # noqa: RUF006 (awaited below)
+    done, _ = await asyncio.wait([all_up, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    if all_up not in done:  # a server ended during its start-up (the app's lifespan startup failed, say)
+        all_up.cancel()
+        for server, _ in servers:
+            server.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return EXIT_BOOT_FAILED
+
+    def drain() -> None:
+        if not any(server.should_exit for server, _ in servers):
+            log.event("drain", "draining: no new connections, finishing in-flight requests")
+        for server, _ in servers:
+            server.should_exit = True
+
+    loop.add_signal_handler(signal.SIGTERM, drain)
+    link.requests = lambda: sum(server.server_state.total_requests for server, _ in servers)
+    link.on_primary_gone = drain
+    link.attach(loop)
+    link.send("ready")
+    await asyncio.gather(*tasks)
     return EXIT_OK
 
 
-def serve(app: Any, listeners: list[socket.socket], link: WorkerLink, spec: WorkerSpec) -> int:
-    return run_server(make_config(app, spec), listeners, link)
+async def _wait_all(events: Iterable[asyncio.Event]) -> None:
+    for event in list(events):
+        await event.wait()
+
+
+def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
+    """Serve every (ASGI or WSGI) route on one event loop until a drain ends."""
+    from corepool.engines import wsgi
+
+    servers = []
+    for route in routes:
+        if route.interface == "wsgi":
+            app, probe = wsgi.adapt(route.app)
+            link.probe = link.probe or probe
+            servers.append((PoolServer(make_config(app, spec, "asgi3")), route.sockets))
+        else:
+            servers.append((PoolServer(make_config(route.app, spec)), route.sockets))
+    with asyncio.Runner(loop_factory=loop_factory()) as runner:
+        return runner.run(_serve_all(servers, link))
