@@ -64,6 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate settings and import the app, without serving")
     _add_settings_flags(check)
 
+    units = sub.add_parser("units", help="print a systemd socket + service pair for your app",
+                           description="Print (or write) NAME.socket and NAME.service running APP under corepool.")
+    units.add_argument("--app", required=True, help="the app as module:attribute")
+    units.add_argument("--name", required=True, help="the units' name (NAME.socket, NAME.service)")
+    units.add_argument("--listen", action="append", metavar="ADDRESS",
+                       help="ListenStream= of the socket (repeat; default 127.0.0.1:8000)")
+    units.add_argument("--app-dir", default=".", help="directory holding the app (default: the current one)")
+    units.add_argument("--config", help="a settings file for ExecStart= (default: none)")
+    units.add_argument("--user", help="run as this user instead of a DynamicUser=")
+    units.add_argument("--output", metavar="DIR", help="write the two files into DIR instead of printing them")
+
     for name, text in (("status", "show the running pool and each worker"), ("reload", "rolling reload")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--control", metavar="PATH", help="control socket of the pool (default: from --name)")
@@ -79,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"serve": _serve, "check": _check, "status": _status, "reload": _reload}[args.command]
+    handler = {"serve": _serve, "check": _check, "status": _status, "reload": _reload, "units": _units}[args.command]
     try:
         return handler(args)
     except settings.SettingsError as exc:
@@ -157,6 +168,31 @@ def _check(args: argparse.Namespace) -> int:
         f"ok: {s.app} ({interface}), {s.workers} workers, bind {' '.join(s.bind)}, "
         f"control socket {s.control_path()}"
     )
+    return 0
+
+
+def _units(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from corepool import unitgen
+
+    if not settings.APP_SPEC.fullmatch(args.app):
+        raise settings.SettingsError(f"--app {args.app!r} is not module:attribute (for example myapp:app)")
+    req = unitgen.UnitRequest(app=args.app, name=args.name, listen=tuple(args.listen or ("127.0.0.1:8000",)),
+                              app_dir=args.app_dir, config=args.config, user=args.user)
+    try:
+        files = unitgen.render(req)
+    except unitgen.UnitError as exc:
+        return _fail(EXIT_USAGE, str(exc))
+    for warning in unitgen.warnings_for(req):
+        print(f"corepool: warning: {warning}", file=sys.stderr)
+    if args.output:
+        for file_name, text in files.items():
+            (Path(args.output) / file_name).write_text(text)
+            print(f"wrote {Path(args.output) / file_name}")
+        return 0
+    for file_name, text in files.items():
+        print(f"# ---- {file_name}\n{text}")
     return 0
 
 

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import pytest
+
+from corepool import unitgen
+
+
+def test_renders_a_socket_and_service_for_an_app() -> None:
+    req = unitgen.UnitRequest(app="shop.web:app", name="shop", listen=("127.0.0.1:9000", "[::1]:9000"),
+                              app_dir="/srv/shop", user="shop", executable=("/opt/corepool/bin/corepool",))
+    files = unitgen.render(req)
+    assert set(files) == {"shop.socket", "shop.service"}
+    sock, service = files["shop.socket"], files["shop.service"]
+    assert "ListenStream=127.0.0.1:9000\nListenStream=[::1]:9000\n" in sock
+    assert sum(line.startswith("ListenStream=") for line in sock.splitlines()) == 2 and "%i" not in sock
+    assert "ExecStart=/opt/corepool/bin/corepool serve shop.web:app --name shop" in service
+    assert "--app-dir /srv/shop" in service
+    assert "ExecReload=/opt/corepool/bin/corepool reload --wait --control /run/corepool/shop/control.sock" in service
+    assert "Requires=shop.socket" in service
+    assert not any("corepool@" in line for line in service.splitlines() if not line.startswith("#"))
+    assert "User=shop" in service and "DynamicUser=" not in service
+    assert "PathExists=" not in service and "%i" not in service
+
+
+def test_bad_name_is_refused() -> None:
+    with pytest.raises(unitgen.UnitError, match="--name"):
+        unitgen.render(unitgen.UnitRequest(app="a:app", name="bad name"))
+
+
+def test_warns_about_apps_under_home() -> None:
+    req = unitgen.UnitRequest(app="a:app", name="a", app_dir="/home/me/app")
+    assert any("ProtectHome" in w for w in unitgen.warnings_for(req))
