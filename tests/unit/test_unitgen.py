@@ -18,8 +18,9 @@ def test_renders_a_socket_and_service_for_an_app() -> None:
     assert "ExecReload=/opt/corepool/bin/corepool reload --wait --control /run/corepool/shop/control.sock" in service
     assert "Requires=shop.socket" in service
     assert not any("corepool@" in line for line in service.splitlines() if not line.startswith("#"))
-    assert "User=shop" in service and "DynamicUser=" not in service
-    assert "PathExists=" not in service and "%i" not in service
+    settings = [line for line in service.splitlines() if not line.startswith("#")]
+    assert "User=shop" in settings and not any(line.startswith("DynamicUser=") for line in settings)
+    assert not any("PathExists=" in line for line in settings) and "%i" not in service
 
 
 def test_bad_name_is_refused() -> None:
