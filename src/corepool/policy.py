@@ -75,6 +75,39 @@ class WorkerExited:
 
 
 @dataclass(frozen=True)
+class LoaderForked:
+    """``SpawnLoader(generation)`` was carried out: the loader process is ``pid``."""
+
+    generation: int
+    pid: int
+    now: float
+
+
+@dataclass(frozen=True)
+class LoaderReady:
+    """The generation's loader imported the app and froze its heap: workers can be forked from it."""
+
+    generation: int
+    now: float
+
+
+@dataclass(frozen=True)
+class LoaderBootError:
+    """The loader said why the app could not be imported (it exits right after)."""
+
+    generation: int
+    error: str
+    now: float
+
+
+@dataclass(frozen=True)
+class LoaderExited:
+    generation: int
+    description: str
+    now: float
+
+
+@dataclass(frozen=True)
 class Tick:
     """Time passed; the primary sends one at least by :meth:`Policy.next_deadline`."""
 
@@ -112,6 +145,10 @@ Event = (
     | WorkerBootError
     | Pong
     | WorkerExited
+    | LoaderForked
+    | LoaderReady
+    | LoaderBootError
+    | LoaderExited
     | Tick
     | ReloadRequested
     | ScaleRequested
@@ -128,6 +165,20 @@ class Spawn:
     wid: int
     slot: int
     generation: int
+
+
+@dataclass(frozen=True)
+class SpawnLoader:
+    """Fork a loader for ``generation`` (preload mode): it imports the app once; workers fork from it."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class SignalLoader:
+    generation: int
+    signum: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -182,7 +233,9 @@ class Exit:
     reason: str
 
 
-Action = Spawn | Signal | Ping | Report | PoolReady | ReloadStarted | ReloadFinished | Exit
+Action = (
+    Spawn | SpawnLoader | Signal | SignalLoader | Ping | Report | PoolReady | ReloadStarted | ReloadFinished | Exit
+)
 
 # ----------------------------------------------------------------------------------------------- state
 
@@ -234,16 +287,35 @@ class Slot:
     failures: int = 0
     retry_at: float | None = None
     last_error: str | None = None
+    waiting: bool = False  # for its generation's loader to be ready (preload mode)
+
+
+@dataclass
+class Loader:
+    """A preload-mode process that imported one generation's app and forks its workers."""
+
+    generation: int
+    spawned_at: float
+    pid: int | None = None
+    ready: bool = False
+    stopping: bool = False
+    boot_error: str | None = None
+    kill_reason: str | None = None
 
 
 @dataclass
 class Roll:
-    """A reload in progress: slots still to roll, and the one new worker booting (at most one)."""
+    """A reload in progress: slots still to roll, and the one new worker booting (at most one).
+
+    ``restoring``: after a failed reload in preload mode, the slots that already ran the new generation are
+    rolled back onto the last good one.
+    """
 
     generation: int
     pending_slots: list[int]
     booting_wid: int | None = None
     started_at: float = 0.0
+    restoring: bool = False
 
 
 @dataclass
@@ -272,11 +344,13 @@ class Policy:
 
     workers_wanted: int
     timing: Timing = field(default_factory=Timing)
+    preload: bool = False
 
     phase: PoolPhase = PoolPhase.IDLE
     generation: int = 1
     workers: dict[int, Worker] = field(default_factory=dict)
     slots: dict[int, Slot] = field(default_factory=dict)
+    loaders: dict[int, Loader] = field(default_factory=dict)
     roll: Roll | None = None
     reload_pending: bool = False
     last_reload: ReloadResult | None = None
@@ -318,9 +392,20 @@ class Policy:
                 self._scale(delta, now, out)
             case StopRequested(now, graceful):
                 self._stop(now, graceful, out)
+            case LoaderForked(generation, pid, _now):
+                if generation in self.loaders:
+                    self.loaders[generation].pid = pid
+            case LoaderReady(generation, now):
+                self._loader_ready(generation, now, out)
+            case LoaderBootError(generation, error, _now):
+                if generation in self.loaders:
+                    self.loaders[generation].boot_error = error
+            case LoaderExited(generation, description, now):
+                self._loader_exited(generation, description, now, out)
             case Tick():
                 pass
         self._timers(event.now, out)
+        self._retire_loaders(out)
         return out
 
     def next_deadline(self) -> float | None:
@@ -342,6 +427,9 @@ class Policy:
         for s in self.slots.values():
             if s.retry_at is not None:
                 times.append(s.retry_at)
+        for loader in self.loaders.values():
+            if not loader.ready and loader.kill_reason is None:
+                times.append(loader.spawned_at + t.boot_timeout)
         if self.stop_deadline is not None:
             times.append(self.stop_deadline)
         return min(times) if times else None
@@ -381,15 +469,90 @@ class Policy:
             self.slots[index] = Slot(index=index, generation=self.generation)
             self._spawn(index, self.generation, now, out)
 
-    def _spawn(self, slot: int, generation: int, now: float, out: list[Action]) -> int:
+    def _spawn(self, slot: int, generation: int, now: float, out: list[Action]) -> int | None:
+        """Fork a worker into ``slot``; in preload mode first make sure the generation's loader is ready."""
+        s = self.slots[slot]
+        s.retry_at = None
+        if self.preload and not self._has_ready_loader(generation):
+            s.waiting = True
+            self._want_loader(generation, now, out)
+            return None
+        s.waiting = False
         wid = self._next_wid
         self._next_wid += 1
         self.workers[wid] = Worker(
             wid=wid, slot=slot, generation=generation, state=WorkerState.BOOTING, spawned_at=now
         )
-        self.slots[slot].retry_at = None
         out.append(Spawn(wid, slot, generation))
         return wid
+
+    # ------------------------------------------------------------------------------------------ loaders
+
+    def _has_ready_loader(self, generation: int) -> bool:
+        loader = self.loaders.get(generation)
+        return loader is not None and loader.ready and not loader.stopping and loader.kill_reason is None
+
+    def _want_loader(self, generation: int, now: float, out: list[Action]) -> None:
+        if generation not in self.loaders:
+            self.loaders[generation] = Loader(generation=generation, spawned_at=now)
+            out.append(SpawnLoader(generation))
+
+    def _loader_ready(self, generation: int, now: float, out: list[Action]) -> None:
+        loader = self.loaders.get(generation)
+        if loader is None or loader.ready or loader.kill_reason is not None:
+            return
+        loader.ready = True
+        out.append(Report("loader", f"loader {loader.pid} ready: generation {generation} imported and frozen"))
+        if self.phase is PoolPhase.STOPPING:
+            return
+        for slot in self.slots.values():
+            if slot.waiting and slot.generation == generation and not self._slot_has_live_worker(slot.index):
+                self._spawn(slot.index, generation, now, out)
+        if self.roll is not None and self.roll.generation == generation:
+            self._roll_next(now, out)
+
+    def _loader_exited(self, generation: int, description: str, now: float, out: list[Action]) -> None:
+        loader = self.loaders.pop(generation, None)
+        if loader is None:
+            return
+        why = loader.kill_reason or loader.boot_error or description
+        if loader.stopping:
+            out.append(Report("loader", f"loader {loader.pid} of generation {generation} exited: {description}"))
+        else:
+            out.append(Report("loader", f"loader {loader.pid} of generation {generation} died: {why}", warning=True))
+        if self.phase is PoolPhase.STOPPING:
+            self._maybe_exit(out)
+            return
+        if loader.stopping:
+            return
+        if self.roll is not None and self.roll.generation == generation and not self.roll.restoring:
+            self._roll_failed(f"generation {generation} failed to load: {why}", now, out)
+            return
+        if not self.ever_ready and not loader.ready:
+            self._fail_start(f"app failed to load: {why}", now, out)
+            return
+        for slot in self.slots.values():
+            if slot.waiting and slot.generation == generation:
+                slot.waiting = False
+                slot.failures += 1
+                slot.last_error = why
+                slot.retry_at = now + max(self._backoff(slot.failures), self.timing.backoff_base)
+
+    def _retire_loaders(self, out: list[Action]) -> None:
+        """Stop loaders no slot, worker or reload needs any more (all of them when the pool stops)."""
+        for generation, loader in self.loaders.items():
+            if loader.stopping:
+                continue
+            needed = self.phase is not PoolPhase.STOPPING and (
+                generation == self.generation
+                or (self.roll is not None and self.roll.generation == generation)
+                or any(slot.generation == generation for slot in self.slots.values())
+                or any(w.generation == generation and w.state is not WorkerState.DRAINING
+                       for w in self.workers.values())
+            )
+            if not needed:
+                loader.stopping = True
+                out.append(SignalLoader(generation, signal.SIGTERM, "generation retired"))
 
     def _ready(self, wid: int, now: float, out: list[Action]) -> None:
         w = self.workers.get(wid)
@@ -502,9 +665,14 @@ class Policy:
         roll = self.roll
         assert roll is not None
         while roll.booting_wid is None and roll.pending_slots:
-            index = roll.pending_slots.pop(0)
+            index = roll.pending_slots[0]
             if index not in self.slots:
+                roll.pending_slots.pop(0)
                 continue
+            if self.preload and not self._has_ready_loader(roll.generation):
+                self._want_loader(roll.generation, now, out)  # the roll goes on at LoaderReady
+                return
+            roll.pending_slots.pop(0)
             roll.booting_wid = self._spawn(index, roll.generation, now, out)
         if roll.booting_wid is None:
             self._finish_roll(True, f"all workers run generation {roll.generation}", now, out)
@@ -530,9 +698,11 @@ class Policy:
             if w is not None:
                 self._kill(w, "reload rolled back", out)
             roll.booting_wid = None
-        # Slots that lost their worker while the roll was going on are refilled with their own generation.
+        # Slots that lost their worker while the roll was going on are refilled with their own generation
+        # (in preload mode the slots already on the failed generation are restored by _finish_roll instead).
         for slot in self.slots.values():
-            if not self._slot_has_live_worker(slot.index) and slot.retry_at is None:
+            restorable = self.preload and slot.generation == roll.generation
+            if not self._slot_has_live_worker(slot.index) and slot.retry_at is None and not restorable:
                 self._spawn(slot.index, slot.generation, now, out)
         self._finish_roll(False, f"rolled back: {reason}", now, out)
 
@@ -540,11 +710,21 @@ class Policy:
         roll = self.roll
         assert roll is not None
         self.roll = None
-        if ok:
-            self.generation = roll.generation
-        self.last_reload = ReloadResult(roll.generation, ok, reason, now)
-        out.append(ReloadFinished(roll.generation, ok, reason))
-        out.append(Report("reload", f"reload to generation {roll.generation}: {reason}", warning=not ok))
+        if roll.restoring:
+            out.append(Report("reload", f"restore to generation {roll.generation}: {reason}", warning=not ok))
+        else:
+            if ok:
+                self.generation = roll.generation
+            self.last_reload = ReloadResult(roll.generation, ok, reason, now)
+            out.append(ReloadFinished(roll.generation, ok, reason))
+            out.append(Report("reload", f"reload to generation {roll.generation}: {reason}", warning=not ok))
+            moved = sorted(i for i, slot in self.slots.items() if slot.generation == roll.generation)
+            if not ok and self.preload and moved:
+                # Preload keeps the last good generation's loader: put every slot back on it.
+                self.roll = Roll(self.generation, moved, started_at=now, restoring=True)
+                out.append(Report("reload", f"restoring slots {moved} to generation {self.generation}"))
+                self._roll_next(now, out)
+                return
         if self.reload_pending and self.phase is PoolPhase.RUNNING:
             self.reload_pending = False
             self._begin_roll(now, "queued reload", out)
@@ -612,9 +792,11 @@ class Policy:
         for w in list(self.workers.values()):
             if w.kill_reason is None:
                 self._kill(w, reason, out)
+        for loader in self.loaders.values():
+            self._kill_loader(loader, reason, out)
 
     def _maybe_exit(self, out: list[Action]) -> None:
-        if self.phase is not PoolPhase.STOPPING or self.workers:
+        if self.phase is not PoolPhase.STOPPING or self.workers or self.loaders:
             return
         self.phase = PoolPhase.EXITED
         self.stop_deadline = None
@@ -637,6 +819,11 @@ class Policy:
                 if w.kill_reason is None:
                     self.killed_on_stop += 1
                     self._kill(w, "still running after graceful_timeout", out)
+            for loader in self.loaders.values():
+                self._kill_loader(loader, "still running after graceful_timeout", out)
+        for loader in self.loaders.values():
+            if not loader.ready and loader.kill_reason is None and now >= loader.spawned_at + t.boot_timeout:
+                self._kill_loader(loader, f"app not imported within boot_timeout ({t.boot_timeout:g}s)", out)
         for w in list(self.workers.values()):
             if w.kill_reason is not None:
                 continue
@@ -676,6 +863,11 @@ class Policy:
         w.kill_reason = reason
         out.append(Signal(w.wid, signal.SIGKILL, reason))
         out.append(Report("kill", f"killing worker {self._name(w)}: {reason}", w.wid, warning=True))
+
+    def _kill_loader(self, loader: Loader, reason: str, out: list[Action]) -> None:
+        if loader.kill_reason is None:
+            loader.kill_reason = reason
+            out.append(SignalLoader(loader.generation, signal.SIGKILL, reason))
 
     def _slot_has_live_worker(self, index: int) -> bool:
         return any(

@@ -13,10 +13,13 @@ from corepool.policy import Policy, Timing, WorkerState
 
 
 class PoolMachine(RuleBasedStateMachine):
+    preload = False
+
     def __init__(self) -> None:
         super().__init__()
-        self.policy = Policy(workers_wanted=3, timing=Timing(health_interval=1, health_timeout=1, boot_timeout=5,
-                                                             graceful_timeout=3, backoff_base=0.5, backoff_max=4))
+        timing = Timing(health_interval=1, health_timeout=1, boot_timeout=5, graceful_timeout=3, backoff_base=0.5,
+                        backoff_max=4)
+        self.policy = Policy(workers_wanted=3, timing=timing, preload=self.preload)
         self.now = 0.0
         self.pid = 1000
         self.exited = False
@@ -40,8 +43,15 @@ class PoolMachine(RuleBasedStateMachine):
             assert self.policy.ready_count() >= ready_before - removed_slots, (event, ready_before, out)
         for action in out:
             if isinstance(action, p.Spawn):
+                if self.policy.preload:
+                    loader = self.policy.loaders.get(action.generation)
+                    assert loader is not None and loader.ready, "workers fork only from a ready loader"
                 self.pid += 1
                 self.policy.handle(p.WorkerForked(action.wid, self.pid, self.now))
+            if isinstance(action, p.SpawnLoader):
+                assert self.policy.preload
+                self.pid += 1
+                self.policy.handle(p.LoaderForked(action.generation, self.pid, self.now))
         return out
 
     def check_action(self, event: p.Event, action: p.Action) -> None:
@@ -92,6 +102,24 @@ class PoolMachine(RuleBasedStateMachine):
         for w in list(self.policy.workers.values()):
             if w.ping_sent_at is not None and w.wid in self.policy.workers:
                 self.step(p.Pong(w.wid, w.ping_seq, 1, self.now))
+
+    @rule(data=st.data(), ready=st.booleans())
+    def loader_boots_or_dies(self, data: st.DataObject, ready: bool) -> None:
+        generations = sorted(g for g, loader in self.policy.loaders.items() if not loader.ready)
+        if generations:
+            generation = data.draw(st.sampled_from(generations))
+            if ready:
+                self.step(p.LoaderReady(generation, self.now))
+            else:
+                self.step(p.LoaderBootError(generation, "ImportError", self.now))
+                self.step(p.LoaderExited(generation, "exit code 3", self.now))
+
+    @rule(data=st.data())
+    def loader_exits(self, data: st.DataObject) -> None:
+        generations = sorted(self.policy.loaders)
+        if generations:
+            generation = data.draw(st.sampled_from(generations))
+            self.step(p.LoaderExited(generation, "killed by SIGKILL", self.now))
 
     @rule(dt=st.floats(min_value=0.01, max_value=6))
     def time_passes(self, dt: float) -> None:
@@ -146,5 +174,19 @@ class PoolMachine(RuleBasedStateMachine):
             assert self.policy.next_deadline() is not None
 
 
+    @invariant()
+    def loaders_only_in_preload_mode_and_one_per_generation(self) -> None:
+        if not self.policy.preload:
+            assert not self.policy.loaders
+        else:
+            assert all(g == loader.generation for g, loader in self.policy.loaders.items())
+
+
+class PreloadMachine(PoolMachine):
+    preload = True
+
+
 TestPoolMachine = PoolMachine.TestCase
 TestPoolMachine.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+TestPreloadMachine = PreloadMachine.TestCase
+TestPreloadMachine.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
