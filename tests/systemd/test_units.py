@@ -50,12 +50,20 @@ backoff_max = 1.0
 WATCHDOG_SEC = 3
 
 
-# A bug in src/corepool (reported): Primary.run() removes NOTIFY_SOCKET from os.environ before its first
-# notification, and systemd.daemon.notify() reads $NOTIFY_SOCKET on every call, so READY=1, STATUS=, WATCHDOG=1,
-# RELOADING=1, STOPPING=1 are never sent: the service stays "activating" until TimeoutStartSec= kills it.
+# Two bugs in src/corepool (reported), meanwhile these tests are expected to fail:
+# 1. systemd.py's libsystemd sender calls daemon.notify(message, fds=None) for every message without fds, which
+#    systemd-python 235 rejects (TypeError: object of type 'NoneType' has no len()): under systemd the primary
+#    dies at its first notification (EXTEND_TIMEOUT_USEC in Primary.run) and the service restarts in a loop.
+# 2. Primary.run() removes NOTIFY_SOCKET from os.environ before its first notification, and sd_notify reads
+#    $NOTIFY_SOCKET on every call: READY=1, STATUS=, WATCHDOG=1, RELOADING=1, STOPPING=1 are never sent and the
+#    service stays "activating" until TimeoutStartSec= kills it.
+CRASH_ON_NOTIFY = pytest.mark.xfail(
+    strict=True, reason="src bug 1: daemon.notify(message, fds=None) raises TypeError, the primary dies at start"
+)
 NOTIFY_LOST = pytest.mark.xfail(
     strict=True,
-    reason="src bug: NOTIFY_SOCKET is removed from the environment before sd_notify reads it (no READY=1)",
+    reason="src bugs 1 and 2: the primary dies on daemon.notify(fds=None); NOTIFY_SOCKET is removed from the "
+    "environment before sd_notify reads it (no READY=1)",
 )
 
 
@@ -117,6 +125,8 @@ class Pool:
         """Wait for every worker to be ready, then for systemd to call the service active; return the status."""
 
         def pool_ready() -> dict[str, Any] | None:
+            if self.sb.show(SERVICE, "ActiveState") == "failed":
+                raise AssertionError(f"{SERVICE} failed: Result={self.sb.show(SERVICE, 'Result')}")
             try:
                 s = self.status()
             except SandboxError:
@@ -203,6 +213,7 @@ def test_units_verify_and_security_score(sandbox_factory: SandboxFactory, corepo
     assert float(match.group(1)) <= 1.5, sec.stdout
 
 
+@CRASH_ON_NOTIFY
 def test_demo_instance_runs_as_shipped(sandbox_factory: SandboxFactory, corepool_venv: Path) -> None:
     """corepool@demo with etc/demo.toml and its 127.0.0.1:8000 drop-in (port moved off 8000 if that is taken)."""
     sb = sandbox_factory({})
@@ -487,4 +498,5 @@ def test_sigkilled_primary_without_socket_unit_keeps_sockets_in_fd_store(
     assert pool.main_pid() != main
     assert refused(result) == [], refused(result)[:5]
     assert result.ok > 20
-    assert status["listeners"][0]["address"] == f"127.0.0.1:{pool.port}"
+    # the restarted primary took the very socket back from systemd's fd store
+    assert [(x["address"], x["source"]) for x in status["listeners"]] == [(f"127.0.0.1:{pool.port}", "fdstore")]
