@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import os
 import selectors
 import signal
@@ -16,6 +17,7 @@ import socket
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +25,8 @@ from corepool import channel, control, log, policy, settings, worker
 from corepool.listeners import Listener
 from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
+
+_PR_SET_CHILD_SUBREAPER = 36
 
 HANDLED_SIGNALS = (
     signal.SIGCHLD,
@@ -79,11 +83,16 @@ class Primary:
         self.config_error: str | None = None
         self.listeners = listeners
         self.notifier = notifier
-        self.policy = Policy(workers_wanted=s.workers, timing=timing_for(s, notifier.watchdog_interval))
+        self.policy = Policy(
+            workers_wanted=s.workers, timing=timing_for(s, notifier.watchdog_interval), preload=s.mode == "preload"
+        )
         self.selector = selectors.DefaultSelector()
         self.control = control.ControlServer(s.control_path(), self.selector, self._control_request)
         self.channels: dict[int, _Channel] = {}
         self.pids: dict[int, int] = {}  # pid -> wid
+        self.loader_channels: dict[int, _Channel] = {}  # generation -> channel
+        self.loader_pids: dict[int, int] = {}  # pid -> generation
+        self.unclaimed_exits: dict[int, int] = {}  # pid -> wait status, for workers not yet named by a loader
         self.events: collections.deque[policy.Event] = collections.deque()
         self.exit_code: int | None = None
         self.waiters = _ReloadWaiters()
@@ -97,6 +106,9 @@ class Primary:
 
     def run(self) -> int:
         """Serve until stopped. Returns 0 after a clean stop, 1 when workers had to be killed or start failed."""
+        if not _become_subreaper() and self.policy.preload:
+            log.event("start", "cannot become a child subreaper: falling back to mode lazy", warning=True)
+            self.policy.preload = False
         self.control.open()
         self._install_signals()
         self.notifier.detach_from_environment(os.environ)
@@ -132,7 +144,7 @@ class Primary:
     def _cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
         self.control.close()
-        for ch in self.channels.values():
+        for ch in [*self.channels.values(), *self.loader_channels.values()]:
             ch.sock.close()
         for listener in self.listeners:
             listener.close()
@@ -207,15 +219,24 @@ class Primary:
                 return
             if pid == 0:
                 return
-            wid = self.pids.pop(pid, None)
-            if wid is None:
-                continue  # not a worker (reaped so it leaves no zombie)
-            description, clean = describe_status(status)
-            w = self.policy.workers.get(wid)
-            if w is not None:
-                self.requests_retired += w.requests
-            self._close_channel(wid)
-            self.events.append(policy.WorkerExited(wid, description, clean, now))
+            generation = self.loader_pids.pop(pid, None)
+            if generation is not None:
+                self._close_loader(generation)
+                self.events.append(policy.LoaderExited(generation, describe_status(status)[0], now))
+            elif pid in self.pids:
+                self._worker_exited(pid, status, now)
+            elif self.policy.preload and len(self.unclaimed_exits) < 1024:
+                # A worker forked by a loader can die before the loader's "forked" names it.
+                self.unclaimed_exits[pid] = status
+
+    def _worker_exited(self, pid: int, status: int, now: float) -> None:
+        wid = self.pids.pop(pid)
+        description, clean = describe_status(status)
+        w = self.policy.workers.get(wid)
+        if w is not None:
+            self.requests_retired += w.requests
+        self._close_channel(wid)
+        self.events.append(policy.WorkerExited(wid, description, clean, now))
 
     # -------------------------------------------------------------------------------------- the policy
 
@@ -230,6 +251,13 @@ class Primary:
         match action:
             case policy.Spawn(wid, slot, generation):
                 self._spawn(wid, slot, generation)
+            case policy.SpawnLoader(generation):
+                self._spawn_loader(generation)
+            case policy.SignalLoader(generation, signum, _reason):
+                for loader_pid, g in self.loader_pids.items():
+                    if g == generation:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(loader_pid, signum)
             case policy.Signal(wid, signum, _reason):
                 pid = self._pid(wid)
                 if pid is not None:
@@ -270,9 +298,9 @@ class Primary:
 
     # ------------------------------------------------------------------------------------------ workers
 
-    def _spawn(self, wid: int, slot: int, generation: int) -> None:
+    def _spec(self, slot: int, generation: int) -> worker.WorkerSpec:
         s = self.settings
-        spec = worker.WorkerSpec(
+        return worker.WorkerSpec(
             app=s.app or "",
             app_dir=s.app_dir,
             interface=s.interface,
@@ -286,19 +314,16 @@ class Primary:
             log_level=s.log_level,
             routes=s.routes,
         )
-        primary_end, worker_end = channel.pair()
+
+    def _fork(self, run: Callable[[], int], also_close: list[socket.socket]) -> int:
+        """Fork a child that closes the primary's private descriptors, runs ``run`` and exits with its result."""
         private: list[socket.socket | selectors.BaseSelector] = [
-            self.selector, self._wake_r, self._wake_w, primary_end, *(c.sock for c in self.channels.values())
+            self.selector, self._wake_r, self._wake_w, *also_close,
+            *(c.sock for c in self.channels.values()), *(c.sock for c in self.loader_channels.values()),
         ]
         control_fds = self.control.fds()
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            primary_end.close()
-            worker_end.close()
-            self.events.append(policy.WorkerExited(wid, f"fork failed: {exc.strerror}", False, time.monotonic()))
-            return
-        if pid == 0:  # the worker
+        pid = os.fork()
+        if pid == 0:
             code = 1
             signal.set_wakeup_fd(-1)  # before closing the wakeup socket, so no signal writes to a stale fd
             try:
@@ -307,20 +332,107 @@ class Primary:
                 for fd in control_fds:
                     with contextlib.suppress(OSError):
                         os.close(fd)
-                code = worker.run(spec, worker_end, [(listener.name, listener.sock) for listener in self.listeners])
+                code = run()
             except BaseException:
                 traceback.print_exc()
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 os._exit(code)
+        return pid
+
+    def _named_listeners(self) -> list[tuple[str, socket.socket]]:
+        return [(listener.name, listener.sock) for listener in self.listeners]
+
+    def _spawn(self, wid: int, slot: int, generation: int) -> None:
+        spec = self._spec(slot, generation)
+        primary_end, worker_end = channel.pair()
+        now = time.monotonic()
+        if self.policy.preload:
+            loader = self.loader_channels.get(generation)
+            request = channel.encode("fork", wid=wid, slot=slot)
+            sent = loader is not None and _send_fd(loader.sock, request, worker_end.fileno())
+            worker_end.close()
+            if not sent:
+                primary_end.close()
+                self.events.append(policy.WorkerExited(wid, f"loader of generation {generation} is gone", False, now))
+                return
+            self._add_channel(wid, primary_end)
+            return  # the pid arrives with the loader's "forked"
+        try:
+            pid = self._fork(lambda: worker.run(spec, worker_end, self._named_listeners()), [primary_end])
+        except OSError as exc:
+            primary_end.close()
+            worker_end.close()
+            self.events.append(policy.WorkerExited(wid, f"fork failed: {exc.strerror}", False, now))
+            return
         worker_end.close()
+        self._add_channel(wid, primary_end)
+        self._worker_forked(wid, pid, now)
+
+    def _add_channel(self, wid: int, sock: socket.socket) -> None:
+        self.channels[wid] = _Channel(wid, sock)
+        self.selector.register(sock, selectors.EVENT_READ, lambda _m, w=wid: self._on_channel(w))
+
+    def _worker_forked(self, wid: int, pid: int, now: float) -> None:
         self.pids[pid] = wid
-        self.channels[wid] = _Channel(wid, primary_end)
-        self.selector.register(primary_end, selectors.EVENT_READ, lambda _m, w=wid: self._on_channel(w))
-        self.events.append(policy.WorkerForked(wid, pid, time.monotonic()))
+        self.events.append(policy.WorkerForked(wid, pid, now))
+        w = self.policy.workers.get(wid)
+        slot, generation = (w.slot, w.generation) if w else (None, None)
         log.event("spawn", f"worker {pid} spawned (slot {slot}, generation {generation})",
                   worker_pid=pid, generation=generation, slot=slot)
+        status = self.unclaimed_exits.pop(pid, None)
+        if status is not None:  # it died before the loader told us its pid
+            self._worker_exited(pid, status, now)
+
+    # ------------------------------------------------------------------------------------------ loaders
+
+    def _spawn_loader(self, generation: int) -> None:
+        spec = self._spec(-1, generation)
+        primary_end, loader_end = channel.pair()
+        now = time.monotonic()
+        from corepool import loader as loader_module
+
+        try:
+            pid = self._fork(lambda: loader_module.run(spec, loader_end, self._named_listeners()), [primary_end])
+        except OSError as exc:
+            primary_end.close()
+            loader_end.close()
+            self.events.append(policy.LoaderExited(generation, f"fork failed: {exc.strerror}", now))
+            return
+        loader_end.close()
+        self.loader_pids[pid] = generation
+        self.loader_channels[generation] = _Channel(generation, primary_end)
+        self.selector.register(primary_end, selectors.EVENT_READ, lambda _m, g=generation: self._on_loader(g))
+        self.events.append(policy.LoaderForked(generation, pid, now))
+        log.event("loader", f"loader {pid} spawned for generation {generation}", generation=generation)
+
+    def _on_loader(self, generation: int) -> None:
+        ch = self.loader_channels.get(generation)
+        if ch is None:
+            return
+        now = time.monotonic()
+        for message in self._receive(ch.sock, f"the loader of generation {generation}"):
+            kind = message["t"]
+            if kind == "ready":
+                self.events.append(policy.LoaderReady(generation, now))
+            elif kind == "boot_error":
+                error = self._boot_error(message, generation=generation)
+                self.events.append(policy.LoaderBootError(generation, error, now))
+            elif kind == "forked" and isinstance(message.get("wid"), int) and isinstance(message.get("pid"), int):
+                wid, pid = message["wid"], message["pid"]
+                if pid > 0:
+                    self._worker_forked(wid, pid, now)
+                else:
+                    self._close_channel(wid)
+                    self.events.append(policy.WorkerExited(wid, "the loader could not fork it", False, now))
+
+    def _close_loader(self, generation: int) -> None:
+        ch = self.loader_channels.pop(generation, None)
+        if ch is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(ch.sock)
+            ch.sock.close()
 
     def _close_channel(self, wid: int) -> None:
         ch = self.channels.pop(wid, None)
@@ -334,26 +446,39 @@ class Primary:
         if ch is None:
             return
         now = time.monotonic()
+        for message in self._receive(ch.sock, f"worker {self._pid(wid)}"):
+            self._on_message(wid, message, now)
+
+    def _receive(self, sock: socket.socket, sender: str) -> list[dict[str, Any]]:
+        """Every message waiting on a channel; malformed ones are logged and dropped, EOF unregisters it."""
+        messages: list[dict[str, Any]] = []
         while True:
             try:
-                raw = ch.sock.recv(channel.recv_size())
+                raw = sock.recv(channel.recv_size())
             except (BlockingIOError, InterruptedError):
-                return
+                return messages
             except OSError:
                 raw = b""
             if not raw:
-                # The worker closed its end (it is exiting); its exit status arrives with SIGCHLD.
+                # The peer closed its end (it is exiting); its exit status arrives with SIGCHLD.
                 with contextlib.suppress(KeyError, ValueError):
-                    self.selector.unregister(ch.sock)
-                return
+                    self.selector.unregister(sock)
+                return messages
             try:
-                message = channel.decode(raw, self.settings.max_message_bytes)
+                messages.append(channel.decode(raw, self.settings.max_message_bytes))
             except channel.ChannelError as exc:
-                log.event("channel", f"dropped a message from worker {self._pid(wid)}: {exc}", warning=True)
-                continue
-            self._on_message(wid, message, raw, now)
+                log.event("channel", f"dropped a message from {sender}: {exc}", warning=True)
 
-    def _on_message(self, wid: int, message: dict[str, Any], raw: bytes, now: float) -> None:
+    def _boot_error(self, message: dict[str, Any], **fields: Any) -> str:
+        """Log a boot error's traceback once (every worker of a broken app sends the same one)."""
+        error = str(message.get("error", "unknown error"))
+        detail = str(message.get("detail", ""))
+        if detail and detail not in self.tracebacks_seen:
+            self.tracebacks_seen.add(detail)
+            log.event("boot_error", f"{error}\n{detail.rstrip()}", warning=True, **fields)
+        return error
+
+    def _on_message(self, wid: int, message: dict[str, Any], now: float) -> None:
         kind = message["t"]
         if kind == "ready":
             self.events.append(policy.WorkerReady(wid, now))
@@ -362,11 +487,7 @@ class Primary:
             if isinstance(seq, int) and isinstance(requests, int):
                 self.events.append(policy.Pong(wid, seq, requests, now))
         elif kind == "boot_error":
-            error = str(message.get("error", "unknown error"))
-            detail = str(message.get("detail", ""))
-            if detail and detail not in self.tracebacks_seen:
-                self.tracebacks_seen.add(detail)
-                log.event("boot_error", f"{error}\n{detail.rstrip()}", warning=True, worker_pid=self._pid(wid))
+            error = self._boot_error(message, worker_pid=self._pid(wid))
             self.events.append(policy.WorkerBootError(wid, error, now))
         elif kind == "broadcast":
             self._relay(wid, message)
@@ -430,6 +551,11 @@ class Primary:
             "name": self.settings.name,
             "app": self.settings.app,
             "phase": p.phase.value,
+            "mode": "preload" if p.preload else "lazy",
+            "loaders": [
+                {"generation": g, "pid": loader.pid, "ready": loader.ready, "stopping": loader.stopping}
+                for g, loader in sorted(p.loaders.items())
+            ],
             "generation": p.generation,
             "workers_wanted": p.workers_wanted,
             "workers_ready": p.ready_count(),
@@ -514,6 +640,23 @@ class Primary:
         else:
             log.event("watchdog", "no worker answered a health ping within WatchdogSec: not feeding the watchdog",
                       warning=True)
+
+
+def _become_subreaper() -> bool:
+    """Orphaned descendants (workers a loader double-forked) become our children, so we reap them."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _send_fd(sock: socket.socket, payload: bytes, fd: int) -> bool:
+    try:
+        socket.send_fds(sock, [payload], [fd], socket.MSG_DONTWAIT)
+    except OSError:
+        return False
+    return True
 
 
 def _noop_handler(_signum: int, _frame: object) -> None:

@@ -54,6 +54,8 @@ FIELDS: tuple[Field, ...] = (
     Field("routes", dict, {}, "NAME=module:attribute: serve another app on the sockets named NAME", repeat=True,
           flag_name="route"),
     Field("workers", int, None, "number of workers (default: one per CPU core)", minimum=1),
+    Field("mode", str, "preload", "preload: import the app once per generation and fork workers from it; "
+          "lazy: every worker imports the app itself", choices=("preload", "lazy")),
     Field("app_dir", str, ".", "directory added to sys.path before importing the app"),
     Field("name", str, "corepool", "the pool's name, used for the default control socket path"),
     Field("control", str, None, "path of the control socket (default: printed at start)"),
@@ -81,6 +83,7 @@ class Settings:
     bind: tuple[str, ...] = ("127.0.0.1:8000",)
     routes: tuple[tuple[str, str], ...] = ()
     workers: int = field(default_factory=_default_workers)
+    mode: str = "preload"
     app_dir: str = "."
     name: str = "corepool"
     control: str | None = None

@@ -134,27 +134,36 @@ def _log_handler_failure(topic: str) -> Callable[[asyncio.Future[Any]], None]:
     return done
 
 
-def _become_worker(spec: WorkerSpec) -> None:
-    """Process set-up right after fork, before the app is imported."""
+def set_parent_death_signal(sig: int) -> None:
+    """Have the kernel send ``sig`` when our parent dies (prctl PR_SET_PDEATHSIG)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
+
+
+def prepare_process(spec: WorkerSpec, role: str, title: str) -> None:
+    """Set-up right after fork, shared by workers and loaders: signals, parent-death signal, title, logging."""
     signal.set_wakeup_fd(-1)
     for sig in _PRIMARY_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # If the primary dies (even by SIGKILL), the kernel sends us SIGTERM: we drain and exit, never orphaned.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)
     if os.getppid() != spec.primary_pid:
         os._exit(EXIT_PRIMARY_GONE)
-    os.environ["COREPOOL_WORKER"] = "1"
-    os.environ["COREPOOL_SLOT"] = str(spec.slot)
-    os.environ["COREPOOL_GENERATION"] = str(spec.generation)
     with contextlib.suppress(ImportError):
         import setproctitle
 
-        setproctitle.setproctitle(f"corepool worker {spec.app} [slot {spec.slot}, generation {spec.generation}]")
-    log.setup(spec.log_level, role="worker")
+        setproctitle.setproctitle(title)
+    log.setup(spec.log_level, role=role)
+
+
+def _become_worker(spec: WorkerSpec) -> None:
+    prepare_process(spec, "worker", f"corepool worker {spec.app} [slot {spec.slot}, generation {spec.generation}]")
+    os.environ["COREPOOL_WORKER"] = "1"
+    os.environ["COREPOOL_SLOT"] = str(spec.slot)
+    os.environ["COREPOOL_GENERATION"] = str(spec.generation)
     uvicorn_logger = logging.getLogger("uvicorn")
     for handler in log.logger.handlers:
         uvicorn_logger.addHandler(handler)
@@ -165,16 +174,26 @@ def _become_worker(spec: WorkerSpec) -> None:
 
 
 def run(spec: WorkerSpec, sock: socket.socket, listeners: list[tuple[str, socket.socket]]) -> int:
-    """The whole life of a worker; returns its exit code. ``listeners`` are (name, socket) pairs."""
+    """Lazy mode: the whole life of a worker forked by the primary; returns its exit code."""
     _become_worker(spec)
     link = WorkerLink(sock, spec.max_message_bytes)
-    from corepool import engines
-
     try:
         routes = load_routes(spec, listeners)
     except apps.AppLoadError as exc:
         link.send("boot_error", error=str(exc), detail=exc.detail[-8000:])
         return EXIT_BOOT_FAILED
+    return _serve(spec, link, routes)
+
+
+def run_preloaded(spec: WorkerSpec, sock: socket.socket, routes: list[engines.Route]) -> int:
+    """Preload mode: a worker forked by its generation's loader, the app already imported and frozen."""
+    _become_worker(spec)
+    return _serve(spec, WorkerLink(sock, spec.max_message_bytes), routes)
+
+
+def _serve(spec: WorkerSpec, link: WorkerLink, routes: list[engines.Route]) -> int:
+    from corepool import engines
+
     try:
         return engines.serve(routes, link, spec)
     except SystemExit as exc:

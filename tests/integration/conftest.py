@@ -97,12 +97,18 @@ class Pool:
             self._log.close()
 
 
+@pytest.fixture(params=["preload", "lazy"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Every pool test runs in both modes: preload (a loader per generation) and lazy (import per worker)."""
+    return str(request.param)
+
+
 @pytest.fixture
-def pool_factory(tmp_path: Path) -> Iterator[Any]:
+def pool_factory(tmp_path: Path, mode: str) -> Iterator[Any]:
     pools: list[Pool] = []
 
     def make(app: str, *flags: str, **kw: Any) -> Pool:
-        pool = Pool(tmp_path / f"pool{len(pools)}", app, *flags, **kw)
+        pool = Pool(tmp_path / f"pool{len(pools)}", app, "--mode", mode, *flags, **kw)
         pool.tmp.mkdir()
         pools.append(pool)
         return pool
