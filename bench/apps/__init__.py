@@ -1,0 +1,1 @@
+"""The apps the bench serves. Each marks the first request a process serves (see :mod:`bench.apps.mark`)."""
