@@ -170,6 +170,16 @@ def reload_table(data: dict[str, Any]) -> str:
     return md_table(headers, rows)
 
 
+def filled_timeline(timeline: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Per-second rates from 100 ms buckets, with the buckets in which nothing succeeded drawn as zero."""
+    if not timeline:
+        return [], []
+    ok = {round(t * 10): o for t, o, _ in timeline}
+    first, last = min(ok), max(ok)
+    xs = [b / 10 for b in range(first, last + 1)]
+    return xs, [ok.get(b, 0) * 10.0 for b in range(first, last + 1)]
+
+
 def reload_plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -178,8 +188,8 @@ def reload_plot(data: dict[str, Any], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(11, 5))
     for name, runs in _by_server(data["runs"]).items():
-        tl = runs[0]["timeline"]
-        ax.plot([t for t, _, _ in tl], [ok * 10 for _, ok, _ in tl], label=label(name), lw=1.2)
+        xs, ys = filled_timeline(runs[0]["timeline"])
+        ax.plot(xs, ys, label=label(name), lw=1.2)
     ax.axvline(0, color="k", ls="--", lw=0.8)
     ax.set_xlabel("seconds since the reload was triggered")
     ax.set_ylabel("2xx responses per second (100 ms buckets)")
@@ -392,11 +402,12 @@ def write(settings: Settings, elapsed: float | None = None) -> Path:
             "![throughput](throughput.png)\n\n" + throughput_detail(results["throughput"]))))
     if results["reload"]:
         rl = results["reload"]
+        rest_s, lead_s = (1, 1) if rl["settings"].get("quick") else (5, 2)
         reload_plot(rl, out / "reload.png")
         parts.append(_section("Rolling reload under load", (
             f"App `bench/apps/slowimport.py`: {rl['import_seconds']} s import, {rl['workers']} workers, ASGI. After "
-            "every worker has served, 5 s of wrk at rest (the baseline p99), then a "
-            f"{rl['window_s']:g} s wrk window (`--timeout 10s`) with the reload triggered 2 s in. "
+            f"every worker has served, {rest_s} s of wrk at rest (the baseline p99), then a "
+            f"{rl['window_s']:g} s wrk window (`--timeout 10s`) with the reload triggered {lead_s} s in. "
             "Roll wall time: from the trigger until every worker that replaced an old one has served its first "
             "request (each process writes a mark file on its first request; a side prober opens a fresh connection "
             "every 2 ms so new workers get one although wrk's keep-alive connections stick to their worker) and "
@@ -407,9 +418,11 @@ def write(settings: Settings, elapsed: float | None = None) -> Path:
             "![reload](reload.png)\n\n" + reload_table(rl))))
     if results["crash"]:
         cr = results["crash"]
+        kill_s = 1 if cr["settings"].get("quick") else 1.5
         parts.append(_section("kill -9 one worker under load", (
             f"{cr['workers']} workers, hello ASGI app, wrk for {cr['window_s']:g} s (`--timeout 5s`), SIGKILL to one "
-            "worker 1.5 s in. \"Serves\": the replacement's first request (mark file), reached by a side prober that "
+            f"worker {kill_s} s in. \"Serves\": the replacement's first request (mark file), reached by a side "
+            "prober that "
             "opens a fresh connection every 2 ms. Failed requests are those in flight or queued on the killed "
             "worker's connections (wrk reconnects). granian runs with `--respawn-failed-workers --respawn-interval 0`; "
             "uvicorn's supervisor checks its workers every 0.5 s. "

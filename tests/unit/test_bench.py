@@ -108,3 +108,11 @@ def test_report_tables_from_results() -> None:
     assert "110 (100-120)" in detail
     goals = report.goals_table({"throughput": data})
     assert "1.10x uvicorn --workers | yes" in goals
+
+
+def test_filled_timeline_shows_gaps_as_zero() -> None:
+    from bench import report
+
+    xs, ys = report.filled_timeline([[-0.1, 5, 0], [0.2, 7, 1]])
+    assert xs == pytest.approx([-0.1, 0.0, 0.1, 0.2])
+    assert ys == [50.0, 0.0, 0.0, 70.0]
