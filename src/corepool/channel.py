@@ -9,6 +9,7 @@ A message is a JSON object whose ``"t"`` names its type:
 =================  =========  ====================================================
 ``ready``          w → p      the app is loaded and the worker is accepting
 ``boot_error``     w → p      ``error``: why the app could not be loaded
+``draining``       w → p      a retired worker closed its listening sockets
 ``pong``           w → p      ``seq``, ``requests`` (requests served so far)
 ``broadcast``      w → p      ``topic``, ``data``: relay to every other worker
 ``ping``           p → w      ``seq``

@@ -46,6 +46,14 @@ class WorkerReady:
 
 
 @dataclass(frozen=True)
+class WorkerDraining:
+    """A retired worker closed its listening sockets: it takes no new connection any more."""
+
+    wid: int
+    now: float
+
+
+@dataclass(frozen=True)
 class WorkerBootError:
     """The worker said why it could not boot (it exits right after)."""
 
@@ -142,6 +150,7 @@ Event = (
     Start
     | WorkerForked
     | WorkerReady
+    | WorkerDraining
     | WorkerBootError
     | Pong
     | WorkerExited
@@ -316,6 +325,9 @@ class Roll:
     booting_wid: int | None = None
     started_at: float = 0.0
     restoring: bool = False
+    # Retired workers that may still accept: the roll is over only when none is left, so that a client
+    # connecting after `corepool reload --wait` returned always reaches the new generation.
+    retiring: set[int] = field(default_factory=set)
 
 
 @dataclass
@@ -382,6 +394,8 @@ class Policy:
             case WorkerBootError(wid, error, _now):
                 if wid in self.workers:
                     self.workers[wid].boot_error = error
+            case WorkerDraining(wid, now):
+                self._stopped_accepting(wid, now, out)
             case Pong(wid, seq, requests, now):
                 self._pong(wid, seq, requests, now)
             case WorkerExited(wid, description, clean, now):
@@ -606,6 +620,7 @@ class Policy:
         if self.phase is PoolPhase.STOPPING:
             self._maybe_exit(out)
             return
+        self._stopped_accepting(wid, now, out)
         if expected or slot is None:
             return
         # An unexpected death.
@@ -634,6 +649,13 @@ class Policy:
                     warning=True,
                 )
             )
+
+    def _stopped_accepting(self, wid: int, now: float, out: list[Action]) -> None:
+        roll = self.roll
+        if roll is not None and wid in roll.retiring:
+            roll.retiring.discard(wid)
+            if roll.booting_wid is None and not roll.pending_slots:
+                self._roll_next(now, out)
 
     def _backoff(self, failures: int) -> float:
         """0 for the first failure (replace at once), then base, 2*base, ... capped at backoff_max."""
@@ -674,7 +696,7 @@ class Policy:
                 return
             roll.pending_slots.pop(0)
             roll.booting_wid = self._spawn(index, roll.generation, now, out)
-        if roll.booting_wid is None:
+        if roll.booting_wid is None and not roll.retiring:
             self._finish_roll(True, f"all workers run generation {roll.generation}", now, out)
 
     def _roll_slot_done(self, new: Worker, now: float, out: list[Action]) -> None:
@@ -857,6 +879,8 @@ class Policy:
         w.state = WorkerState.DRAINING
         w.draining_since = now
         w.ping_sent_at = None
+        if self.roll is not None:
+            self.roll.retiring.add(w.wid)
         out.append(Signal(w.wid, signal.SIGTERM, reason))
 
     def _kill(self, w: Worker, reason: str, out: list[Action]) -> None:

@@ -111,7 +111,6 @@ class Primary:
             self.policy.preload = False
         self.control.open()
         self._install_signals()
-        self.notifier.detach_from_environment(os.environ)
         where = ", ".join(listener.address for listener in self.listeners)
         log.event(
             "start",
@@ -482,6 +481,8 @@ class Primary:
         kind = message["t"]
         if kind == "ready":
             self.events.append(policy.WorkerReady(wid, now))
+        elif kind == "draining":
+            self.events.append(policy.WorkerDraining(wid, now))
         elif kind == "pong":
             seq, requests = message.get("seq"), message.get("requests")
             if isinstance(seq, int) and isinstance(requests, int):

@@ -100,23 +100,27 @@ class Settings:
     config_path: str | None = None
 
     def control_path(self) -> str:
-        """Where the control socket lives: the setting, else a per-user runtime directory."""
+        """Where the control socket lives: the setting, else ``control.sock`` in the pool's runtime directory."""
         if self.control:
             return self.control
-        return str(default_runtime_dir() / f"{self.name}.sock")
+        return str(runtime_dir(self.name) / "control.sock")
 
 
-def default_runtime_dir() -> Path:
-    """systemd's RuntimeDirectory=, else $XDG_RUNTIME_DIR/corepool, else /run/corepool (root) or /tmp."""
+def runtime_dir(name: str) -> Path:
+    """systemd's RuntimeDirectory= (``/run/corepool/NAME`` in the shipped unit), else the same layout under
+    /run/corepool (root), $XDG_RUNTIME_DIR/corepool or /tmp/corepool-UID — so ``corepool status --name NAME``
+    run by an administrator finds a pool that systemd started."""
     runtime = os.environ.get("RUNTIME_DIRECTORY")
     if runtime:
         return Path(runtime.split(":")[0])
     xdg = os.environ.get("XDG_RUNTIME_DIR")
     if xdg:
-        return Path(xdg) / "corepool"
-    if os.geteuid() == 0:
-        return Path("/run/corepool")
-    return Path(f"/tmp/corepool-{os.geteuid()}")
+        base = Path(xdg) / "corepool"
+    elif os.geteuid() == 0:
+        base = Path("/run/corepool")
+    else:
+        base = Path(f"/tmp/corepool-{os.geteuid()}")
+    return base / name
 
 
 def _where(source: str, f: Field) -> str:

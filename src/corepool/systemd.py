@@ -2,8 +2,9 @@
 
 libsystemd (systemd-python's ``systemd.daemon.notify``) is used where it loads; the pure-Python ``sdnotify``
 only where it does not; without ``NOTIFY_SOCKET`` every call is a no-op. Only the primary talks to systemd
-(``NotifyAccess=main`` is enough): ``NOTIFY_SOCKET`` and ``WATCHDOG_*`` are removed from the environment
-before workers are forked.
+(``NotifyAccess=main`` is enough): every forked process removes ``NOTIFY_SOCKET`` and ``WATCHDOG_*`` from its
+environment first (:data:`PRIMARY_ONLY_VARIABLES`); the primary keeps them, because libsystemd reads
+``NOTIFY_SOCKET`` on every call.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ def _libsystemd_sender() -> Sender | None:
         return None
 
     def send(message: str, fds: list[int] | None = None) -> None:
-        daemon.notify(message, fds=fds or None)
+        if fds:
+            daemon.notify(message, fds=fds)
+        else:  # systemd-python 235 raises TypeError for fds=None
+            daemon.notify(message)
 
     return send
 
@@ -41,8 +45,11 @@ def _sdnotify_sender() -> Sender | None:
     return send
 
 
+PRIMARY_ONLY_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
 class Notifier:
-    """sd_notify for the primary. Create it before forking; it takes the variables out of the environment."""
+    """sd_notify for the primary."""
 
     def __init__(self, environ: MutableMapping[str, str] | None = None) -> None:
         env = os.environ if environ is None else environ
@@ -61,11 +68,6 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         return self._send is not None
-
-    def detach_from_environment(self, environ: MutableMapping[str, str]) -> None:
-        """Remove the variables so forked workers (and what they exec) never talk to systemd."""
-        for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-            environ.pop(key, None)
 
     def send(self, *fields: str, fds: list[int] | None = None) -> None:
         if self._send is not None:

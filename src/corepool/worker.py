@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from corepool import apps, bus, channel, log
+from corepool.systemd import PRIMARY_ONLY_VARIABLES
 
 if TYPE_CHECKING:
     from corepool import engines
@@ -144,6 +145,8 @@ def set_parent_death_signal(sig: int) -> None:
 def prepare_process(spec: WorkerSpec, role: str, title: str) -> None:
     """Set-up right after fork, shared by workers and loaders: signals, parent-death signal, title, logging."""
     signal.set_wakeup_fd(-1)
+    for key in PRIMARY_ONLY_VARIABLES:  # workers and loaders never talk to systemd
+        os.environ.pop(key, None)
     for sig in _PRIMARY_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

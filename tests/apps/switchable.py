@@ -5,7 +5,8 @@ exit → the process exits during import, and a worker forked from an already im
 lifespan startup (so crash loops happen in preload mode too).
 
 GET / answers {"pid", "generation", "version" (the switch file's content at import), "gc_frozen" (objects
-gc.freeze() froze in this process)}; GET /block blocks the event loop forever; GET /slow?s=S answers after S s.
+gc.freeze() froze in this process), "notify_socket"}; GET /block blocks the event loop forever; GET /slow?s=S
+answers after S s.
 """
 
 import asyncio
@@ -59,6 +60,7 @@ async def app(scope, receive, send):
             "generation": int(os.environ.get("COREPOOL_GENERATION", 0)),
             "version": VERSION,
             "gc_frozen": gc.get_freeze_count(),
+            "notify_socket": os.environ.get("NOTIFY_SOCKET"),
         }
     ).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})

@@ -77,6 +77,8 @@ def test_reload_under_load_fails_no_request_and_replaces_every_pid(pool_factory:
             assert out.returncode == 0, out.stderr
             after = pool.pids()
             assert not before & after, f"round {round_}: old pids still serving: {before & after}"
+            # Once the reload returned, no retired worker takes a new connection.
+            assert {get_json(pool.port)["pid"] for _ in range(10)} <= after
             time.sleep(0.3)
     result = load.stop()
     assert result.failed == 0, result.errors[:10]

@@ -469,14 +469,15 @@ def _stop_all() -> None:
 
 
 def _package_files(checkout: Path) -> list[Path]:
-    """What the wheel is built from: pyproject.toml, README/LICENSE files and the src/ tree."""
+    """What the wheel is built from: pyproject.toml, README/LICENSE files, src/ and units/ (force-included)."""
     files = [checkout / "pyproject.toml"]
     files += sorted(p for p in checkout.glob("*") if p.is_file() and p.name.startswith(("README", "LICENSE")))
-    files += sorted(
-        p
-        for p in (checkout / "src").rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
-    )
+    for tree in ("src", "units"):
+        files += sorted(
+            p
+            for p in (checkout / tree).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+        )
     return files
 
 

@@ -42,6 +42,14 @@ class Harness:
                 out += self.feed(p.WorkerReady(w.wid, self.now))
         return out
 
+    def drained(self) -> list[p.Action]:
+        """Every retired worker reports that it closed its listening sockets."""
+        out: list[p.Action] = []
+        for w in list(self.policy.workers.values()):
+            if w.state is p.WorkerState.DRAINING:
+                out += self.feed(p.WorkerDraining(w.wid, self.now))
+        return out
+
     def exit(self, wid: int, clean: bool = False, description: str = "killed by SIGKILL") -> list[p.Action]:
         return self.feed(p.WorkerExited(wid, description, clean, self.now))
 
@@ -154,11 +162,24 @@ def test_rolling_reload_starts_one_new_worker_before_retiring_each_old_one() -> 
     out = h.ready_all()
     (term2,) = kinds(out, p.Signal)
     assert {term.wid, term2.wid} == old
+    assert not kinds(out, p.ReloadFinished), "not over while an old worker may still accept"
+    out = h.drained()
     assert kinds(out, p.ReloadFinished) == [p.ReloadFinished(2, True, "all workers run generation 2")]
     assert h.policy.generation == 2
     for wid in old:
         h.exit(wid, clean=True, description="exit code 0")
     assert {w.generation for w in h.policy.workers.values()} == {2}
+
+
+def test_a_retired_worker_that_exits_without_reporting_also_ends_the_roll() -> None:
+    h = Harness(workers=1)
+    h.start()
+    h.ready_all()
+    (old,) = h.ready()
+    h.feed(p.ReloadRequested(1.0))
+    h.ready_all()
+    assert h.policy.reloading
+    assert kinds(h.exit(old, clean=True, description="exit code 0"), p.ReloadFinished)
 
 
 def test_reload_that_fails_to_boot_rolls_back_and_keeps_old_workers() -> None:
@@ -196,9 +217,9 @@ def test_reloads_asked_during_a_reload_coalesce_into_one_more() -> None:
     h.feed(p.ReloadRequested(1.0))
     assert not kinds(h.feed(p.ReloadRequested(1.1)), p.ReloadStarted)
     assert not kinds(h.feed(p.ReloadRequested(1.2)), p.ReloadStarted)
-    out = h.ready_all()
+    out = h.ready_all() + h.drained()
     assert [a.generation for a in kinds(out, p.ReloadStarted)] == [3]
-    out = h.ready_all()
+    out = h.ready_all() + h.drained()
     assert kinds(out, p.ReloadFinished)[0].generation == 3
     assert not h.policy.reloading
 
@@ -257,7 +278,7 @@ def test_scale_during_reload_waits_for_the_reload() -> None:
     h.feed(p.ReloadRequested(1.0))
     out = h.feed(p.ScaleRequested(1, 1.1))
     assert not kinds(out, p.Spawn)
-    out = h.ready_all()
+    out = h.ready_all() + h.drained()
     assert kinds(out, p.ReloadFinished)
     assert [s.slot for s in kinds(out, p.Spawn)] == [1]
 

@@ -58,7 +58,7 @@ def test_successful_reload_forks_from_the_new_loader_and_retires_the_old_one() -
     out = h.feed(p.LoaderReady(2, 2.0))
     assert [s.generation for s in kinds(out, p.Spawn)] == [2]
     h.ready_all()
-    out = h.ready_all()
+    out = h.ready_all() + h.drained()
     assert kinds(out, p.ReloadFinished)[0].ok
     # Draining workers need no loader: the old one stops as soon as no slot runs generation 1.
     assert p.SignalLoader(1, signal.SIGTERM, "generation retired") in out
@@ -70,7 +70,7 @@ def test_old_loader_is_stopped_once_no_slot_runs_its_generation() -> None:
     running(h)
     h.feed(p.ReloadRequested(1.0))
     h.feed(p.LoaderReady(2, 2.0))
-    out = h.ready_all()
+    out = h.ready_all() + h.drained()
     assert p.SignalLoader(1, signal.SIGTERM, "generation retired") in out
 
 

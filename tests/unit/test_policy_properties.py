@@ -37,7 +37,8 @@ class PoolMachine(RuleBasedStateMachine):
             if isinstance(action, p.Exit):
                 assert not self.policy.workers
                 self.exited = True
-        if isinstance(event, (p.WorkerReady, p.Pong, p.ReloadRequested, p.WorkerForked, p.WorkerBootError)):
+        if isinstance(event, (p.WorkerReady, p.WorkerDraining, p.Pong, p.ReloadRequested, p.WorkerForked,
+                              p.WorkerBootError)):
             # Only deaths, timers, stops and scale-downs (possibly deferred until a roll ends) lower capacity.
             removed_slots = max(0, slots_before - len(self.policy.slots))
             assert self.policy.ready_count() >= ready_before - removed_slots, (event, ready_before, out)
@@ -84,6 +85,12 @@ class PoolMachine(RuleBasedStateMachine):
         wid = self.pick(data, WorkerState.BOOTING if during_boot else WorkerState.READY)
         if wid is not None:
             self.step(p.WorkerExited(wid, "killed by SIGKILL", False, self.now))
+
+    @rule(data=st.data())
+    def retired_worker_stops_accepting(self, data: st.DataObject) -> None:
+        wid = self.pick(data, WorkerState.DRAINING)
+        if wid is not None:
+            self.step(p.WorkerDraining(wid, self.now))
 
     @rule(data=st.data())
     def retired_worker_exits(self, data: st.DataObject) -> None:

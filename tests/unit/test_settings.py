@@ -45,5 +45,8 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 def test_control_path_follows_runtime_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RUNTIME_DIRECTORY", "/run/corepool/x")
-    assert settings.Settings(name="x").control_path() == "/run/corepool/x/x.sock"
+    assert settings.Settings(name="x").control_path() == "/run/corepool/x/control.sock"
+    monkeypatch.delenv("RUNTIME_DIRECTORY")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
+    assert settings.Settings(name="x").control_path() == "/run/user/1000/corepool/x/control.sock"
     assert settings.Settings(control="/tmp/c.sock").control_path() == "/tmp/c.sock"

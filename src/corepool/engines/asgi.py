@@ -96,10 +96,16 @@ async def _serve_all(servers: list[tuple[PoolServer, list[socket.socket]]], link
         return EXIT_BOOT_FAILED
 
     def drain() -> None:
-        if not any(server.should_exit for server, _ in servers):
-            log.event("drain", "draining: no new connections, finishing in-flight requests")
+        if any(server.should_exit for server, _ in servers):
+            return
+        log.event("drain", "draining: no new connections, finishing in-flight requests")
         for server, _ in servers:
+            # Stop accepting now rather than at uvicorn's next tick, and say so: the primary ends a reload
+            # only once no retired worker can take a new connection.
+            for listening in server.servers:
+                listening.close()
             server.should_exit = True
+        link.send("draining")
 
     loop.add_signal_handler(signal.SIGTERM, drain)
     link.requests = lambda: sum(server.server_state.total_requests for server, _ in servers)

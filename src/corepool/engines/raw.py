@@ -42,6 +42,7 @@ async def _main(handler: Any, listeners: list[socket.socket], link: WorkerLink, 
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        link.send("draining")
         return
     threads = [threading.Thread(target=handler, args=(sock,), daemon=True) for sock in listeners]
     for thread in threads:
@@ -49,6 +50,7 @@ async def _main(handler: Any, listeners: list[socket.socket], link: WorkerLink, 
     link.send("ready")
     await done.wait()
     log.event("drain", "stopping: waiting for raw handlers to return")
+    link.send("draining")  # a plain handler owns its accept loop: corepool cannot stop it accepting
     deadline = loop.time() + spec.drain_timeout
     while any(t.is_alive() for t in threads) and loop.time() < deadline:
         await asyncio.sleep(0.05)
