@@ -50,23 +50,6 @@ backoff_max = 1.0
 WATCHDOG_SEC = 3
 
 
-# Two bugs in src/corepool (reported), meanwhile these tests are expected to fail:
-# 1. systemd.py's libsystemd sender calls daemon.notify(message, fds=None) for every message without fds, which
-#    systemd-python 235 rejects (TypeError: object of type 'NoneType' has no len()): under systemd the primary
-#    dies at its first notification (EXTEND_TIMEOUT_USEC in Primary.run) and the service restarts in a loop.
-# 2. Primary.run() removes NOTIFY_SOCKET from os.environ before its first notification, and sd_notify reads
-#    $NOTIFY_SOCKET on every call: READY=1, STATUS=, WATCHDOG=1, RELOADING=1, STOPPING=1 are never sent and the
-#    service stays "activating" until TimeoutStartSec= kills it.
-CRASH_ON_NOTIFY = pytest.mark.xfail(
-    strict=True, reason="src bug 1: daemon.notify(message, fds=None) raises TypeError, the primary dies at start"
-)
-NOTIFY_LOST = pytest.mark.xfail(
-    strict=True,
-    reason="src bugs 1 and 2: the primary dies on daemon.notify(fds=None); NOTIFY_SOCKET is removed from the "
-    "environment before sd_notify reads it (no READY=1)",
-)
-
-
 def derive_units(venv: Path, config_dir: Path) -> dict[str, str]:
     """units/ (relative path → text) as the tests run them: corepool from ``venv``, configs in ``config_dir``."""
     out: dict[str, str] = {}
@@ -213,7 +196,6 @@ def test_units_verify_and_security_score(sandbox_factory: SandboxFactory, corepo
     assert float(match.group(1)) <= 1.5, sec.stdout
 
 
-@CRASH_ON_NOTIFY
 def test_demo_instance_runs_as_shipped(sandbox_factory: SandboxFactory, corepool_venv: Path) -> None:
     """corepool@demo with etc/demo.toml and its 127.0.0.1:8000 drop-in (port moved off 8000 if that is taken)."""
     sb = sandbox_factory({})
@@ -236,7 +218,6 @@ def test_demo_instance_runs_as_shipped(sandbox_factory: SandboxFactory, corepool
 # -- the issue's tests ---------------------------------------------------------------------------------------
 
 
-@NOTIFY_LOST
 def test_socket_activation_status_mainpid_and_cgroup(pool: Pool) -> None:
     sb = pool.sb
     assert sb.show(SOCKET, "ActiveState") == "active"
@@ -249,7 +230,8 @@ def test_socket_activation_status_mainpid_and_cgroup(pool: Pool) -> None:
     assert status["listeners"][0]["name"] == "http"
     workers = pool.ready_pids()
     assert len(workers) == 2 and first["pid"] in workers
-    assert set(sb.unit_pids(SERVICE)) == {main, *workers}
+    loaders = {x["pid"] for x in status["loaders"]}  # preload mode: the generation's loader
+    assert set(sb.unit_pids(SERVICE)) == {main, *workers, *loaders}
     # the live STATUS= line: ready/total, generation, requests
     text = sb.wait_for(lambda: t if (t := sb.show(SERVICE, "StatusText")).startswith("2/2 workers ready") else "",
                        what="StatusText")
@@ -257,7 +239,6 @@ def test_socket_activation_status_mainpid_and_cgroup(pool: Pool) -> None:
     assert sb.show(SERVICE, "NotifyAccess") == "main"
 
 
-@NOTIFY_LOST
 def test_reload_under_load_blocks_until_rolled(pool: Pool) -> None:
     activate(pool)
     main = pool.main_pid()
@@ -278,7 +259,6 @@ def test_reload_under_load_blocks_until_rolled(pool: Pool) -> None:
     assert pool.sb.show(SERVICE, "ActiveState") == "active"
 
 
-@NOTIFY_LOST
 def test_reload_to_broken_app_fails_and_old_workers_serve(pool: Pool) -> None:
     activate(pool)
     before = pool.ready_pids()
@@ -295,7 +275,6 @@ def test_reload_to_broken_app_fails_and_old_workers_serve(pool: Pool) -> None:
     assert pool.journal_has("reload failed")
 
 
-@NOTIFY_LOST
 def test_sigstopped_worker_is_replaced_alone(pool: Pool) -> None:
     activate(pool)
     main = pool.main_pid()
@@ -331,7 +310,6 @@ def _restart_under_load(pool: Pool, disrupt: Callable[[int], None], timeout: flo
     return result
 
 
-@NOTIFY_LOST
 def test_sigstopped_primary_watchdog_restarts_without_refusing(pool: Pool) -> None:
     result = _restart_under_load(pool, lambda main: pool.sb.kill(main, "SIGSTOP"))
     assert pool.journal_has("Watchdog timeout"), "restarted, but not by the watchdog"
@@ -350,7 +328,6 @@ def _block_all_workers(pool: Pool, stop: threading.Event) -> None:
                 conn.close()
 
 
-@NOTIFY_LOST
 def test_every_worker_hung_watchdog_restarts(pool: Pool) -> None:
     activate(pool)
     main = pool.main_pid()
@@ -371,14 +348,12 @@ def test_every_worker_hung_watchdog_restarts(pool: Pool) -> None:
     assert pool.main_pid() != main
 
 
-@NOTIFY_LOST
 def test_sigkilled_primary_restarts_without_refusing(pool: Pool) -> None:
     result = _restart_under_load(pool, lambda main: pool.sb.kill(main, "SIGKILL"))
     assert not pool.journal_has("Watchdog timeout")
     assert refused(result) == [], refused(result)[:5]
 
 
-@NOTIFY_LOST
 def test_stop_drains_slow_request(pool: Pool) -> None:
     activate(pool)
     answers: list[Any] = []
@@ -405,7 +380,6 @@ def test_stop_drains_slow_request(pool: Pool) -> None:
     assert pool.sb.unit_pids(SERVICE) == []
 
 
-@NOTIFY_LOST
 def test_journal_has_structured_fields(pool: Pool) -> None:
     status = activate(pool)
     workers = {w["pid"] for w in status["workers"]}
@@ -432,7 +406,6 @@ HAS_FDSTORE = any("FDSTORE=1" in p.read_text() for p in (CHECKOUT / "src/corepoo
 
 
 @pytest.mark.skipif(not HAS_ROUTES, reason="corepool has no --route (routes setting) yet")
-@NOTIFY_LOST
 def test_two_named_sockets_routed_to_two_apps(sandbox_factory: SandboxFactory, corepool_venv: Path) -> None:
     sb = sandbox_factory({})
     pool = install(sb, corepool_venv, service_dropin=f"Sockets={SOCKET} corepool-metrics@{NAME}.socket\n")
@@ -468,7 +441,6 @@ async def app(scope, receive, send):
 
 
 @pytest.mark.skipif(not HAS_FDSTORE, reason="corepool does not push its sockets into the fd store (FDSTORE=1) yet")
-@NOTIFY_LOST
 def test_sigkilled_primary_without_socket_unit_keeps_sockets_in_fd_store(
     sandbox_factory: SandboxFactory, corepool_venv: Path
 ) -> None:
