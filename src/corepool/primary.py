@@ -249,8 +249,10 @@ class Primary:
     def _carry_out(self, action: policy.Action) -> None:
         match action:
             case policy.Spawn(wid, slot, generation):
+                self._extend_reload_timeout()
                 self._spawn(wid, slot, generation)
             case policy.SpawnLoader(generation):
+                self._extend_reload_timeout()
                 self._spawn_loader(generation)
             case policy.SignalLoader(generation, signum, _reason):
                 for loader_pid, g in self.loader_pids.items():
@@ -283,6 +285,12 @@ class Primary:
             case policy.Exit(code, reason):
                 self.exit_code = code
                 log.event("exit", f"primary exits with code {code}: {reason}", warning=code != 0)
+
+    def _extend_reload_timeout(self) -> None:
+        """A roll boots one worker at a time: each may take boot_timeout, so systemd's reload timeout is pushed
+        out as long as the roll makes progress (a roll that stops making progress is bounded by the policy)."""
+        if self.policy.reloading:
+            self.notifier.extend_timeout(self.settings.boot_timeout + self.settings.graceful_timeout + 10)
 
     def _report(self, event: str, message: str, wid: int | None, warning: bool) -> None:
         fields: dict[str, Any] = {}
