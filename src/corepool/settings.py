@@ -32,9 +32,10 @@ def _default_workers() -> int:
 
 @dataclass(frozen=True)
 class Field:
+    """How one setting is given and checked; its default lives in :class:`Settings`."""
+
     name: str
     kind: type
-    default: Any
     help: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
@@ -47,29 +48,29 @@ class Field:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("app", str, None, "the app to serve, as module:attribute (for example myapp:app)"),
-    Field("interface", str, "auto", "how to call the app: auto, asgi, wsgi or raw", choices=INTERFACES),
-    Field("bind", str, ["127.0.0.1:8000"], "[NAME=]HOST:PORT, [NAME=][IPv6]:PORT or [NAME=]unix:PATH to listen on",
+    Field("app", str, "the app to serve, as module:attribute (for example myapp:app)"),
+    Field("interface", str, "how to call the app: auto, asgi, wsgi or raw", choices=INTERFACES),
+    Field("bind", str, "[NAME=]HOST:PORT, [NAME=][IPv6]:PORT or [NAME=]unix:PATH to listen on",
           repeat=True),
-    Field("routes", dict, {}, "NAME=module:attribute: serve another app on the sockets named NAME", repeat=True,
+    Field("routes", dict, "NAME=module:attribute: serve another app on the sockets named NAME", repeat=True,
           flag_name="route"),
-    Field("workers", int, None, "number of workers (default: one per CPU core)", minimum=1),
-    Field("mode", str, "preload", "preload: import the app once per generation and fork workers from it; "
+    Field("workers", int, "number of workers (default: one per CPU core)", minimum=1),
+    Field("mode", str, "preload: import the app once per generation and fork workers from it; "
           "lazy: every worker imports the app itself", choices=("preload", "lazy")),
-    Field("app_dir", str, ".", "directory added to sys.path before importing the app"),
-    Field("name", str, "corepool", "the pool's name, used for the default control socket path"),
-    Field("control", str, None, "path of the control socket (default: printed at start)"),
-    Field("health_interval", float, 10.0, "seconds between health pings of each worker", minimum=0.05),
-    Field("health_timeout", float, 5.0, "seconds a worker has to answer a ping before SIGKILL", minimum=0.05),
-    Field("boot_timeout", float, 60.0, "seconds a new worker has to load the app and accept", minimum=0.1),
-    Field("graceful_timeout", float, 30.0, "seconds to finish in-flight requests on stop/retire", minimum=0.1),
-    Field("backoff_max", float, 30.0, "longest wait before retrying a slot whose workers keep failing",
+    Field("app_dir", str, "directory added to sys.path before importing the app"),
+    Field("name", str, "the pool's name, used for the default control socket path"),
+    Field("control", str, "path of the control socket (default: printed at start)"),
+    Field("health_interval", float, "seconds between health pings of each worker", minimum=0.05),
+    Field("health_timeout", float, "seconds a worker has to answer a ping before SIGKILL", minimum=0.05),
+    Field("boot_timeout", float, "seconds a new worker has to load the app and accept", minimum=0.1),
+    Field("graceful_timeout", float, "seconds to finish in-flight requests on stop/retire", minimum=0.1),
+    Field("backoff_max", float, "longest wait before retrying a slot whose workers keep failing",
           minimum=0.1),
-    Field("keepalive_timeout", float, 5.0, "seconds an idle keep-alive connection stays open", minimum=0.0),
-    Field("max_message_bytes", int, 64 * 1024, "largest broadcast payload, in bytes", minimum=16),
-    Field("backlog", int, 2048, "listen backlog of the sockets corepool binds", minimum=1),
-    Field("access_log", bool, False, "log every request (costs throughput)"),
-    Field("log_level", str, "info", "debug, info, warning or error", choices=LOG_LEVELS),
+    Field("keepalive_timeout", float, "seconds an idle keep-alive connection stays open", minimum=0.0),
+    Field("max_message_bytes", int, "largest broadcast payload, in bytes", minimum=16),
+    Field("backlog", int, "listen backlog of the sockets corepool binds", minimum=1),
+    Field("access_log", bool, "log every request (costs throughput)"),
+    Field("log_level", str, "debug, info, warning or error", choices=LOG_LEVELS),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 

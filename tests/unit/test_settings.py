@@ -50,3 +50,15 @@ def test_control_path_follows_runtime_directory(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("XDG_RUNTIME_DIR", "/run/user/1000")
     assert settings.Settings(name="x").control_path() == "/run/user/1000/corepool/x/control.sock"
     assert settings.Settings(control="/tmp/c.sock").control_path() == "/tmp/c.sock"
+
+
+def test_every_setting_is_declared_once_and_documented() -> None:
+    import dataclasses
+    from pathlib import Path as P
+
+    declared = {f.name for f in settings.FIELDS}
+    stored = {f.name for f in dataclasses.fields(settings.Settings)} - {"config_path"}
+    assert declared == stored
+    readme = (P(__file__).parents[2] / "README.md").read_text()
+    missing = [name for name in declared if f"| `{name}` |" not in readme]
+    assert not missing, f"README's settings table lacks {missing}"
