@@ -72,9 +72,9 @@ def option_entry(action: argparse.Action) -> str | None:
             forms.append(form)
         head = ", ".join(forms)
     text = sentence(action.help)
-    if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0:
-        if "default" not in (action.help or ""):
-            text += f" Default: {action.default}."
+    has_default = action.default not in (None, False, argparse.SUPPRESS) and action.nargs != 0
+    if action.option_strings and has_default and "default" not in (action.help or ""):
+        text += f" Default: {action.default}."
     if isinstance(action, argparse._VersionAction):
         text = "Print the version and exit."
     return f".TP\n{head}\n{esc(text) if text else ''}"
@@ -167,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     source = args.source.resolve()
     sys.path.insert(0, str(source / "src"))
-    from corepool.cli import build_parser  # noqa: PLC0415 (needs the path above)
+    from corepool.cli import build_parser
 
     version = tomllib.loads((source / "pyproject.toml").read_text())["project"]["version"]
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0) or int((source / "pyproject.toml").stat().st_mtime)
-    date = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%d")
+    date = datetime.datetime.fromtimestamp(epoch, datetime.UTC).strftime("%Y-%m-%d")
     text = render(build_parser(), version, date)
     if args.output:
         args.output.write_text(text)
