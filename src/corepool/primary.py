@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corepool import channel, control, log, policy, settings, worker
+from corepool import balance, channel, control, log, policy, settings, worker
 from corepool.listeners import Listener
 from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
@@ -97,6 +97,7 @@ class Primary:
         self.exit_code: int | None = None
         self.waiters = _ReloadWaiters()
         self.requests_retired = 0
+        self.board = balance.Board()
         self.tracebacks_seen: set[str] = set()
         self.next_watchdog = 0.0
         self.started_at = time.monotonic()
@@ -234,6 +235,7 @@ class Primary:
         w = self.policy.workers.get(wid)
         if w is not None:
             self.requests_retired += w.requests
+            self.board.set(balance.cell_of(w.slot, w.generation), None)
         self._close_channel(wid)
         self.events.append(policy.WorkerExited(wid, description, clean, now))
 
@@ -320,6 +322,7 @@ class Primary:
             max_message_bytes=s.max_message_bytes,
             log_level=s.log_level,
             routes=s.routes,
+            board=self.board,
         )
 
     def _fork(self, run: Callable[[], int], also_close: list[socket.socket]) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from corepool import apps, bus, channel, log
+from corepool.balance import Board
 from corepool.systemd import PRIMARY_ONLY_VARIABLES
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class WorkerSpec:
     max_message_bytes: int = channel.DEFAULT_MAX_MESSAGE
     log_level: str = "info"
     routes: tuple[tuple[str, str], ...] = ()  # (socket name, module:attribute) served instead of ``app``
+    board: Board | None = None  # the pool's shared connection counts (see corepool.balance)
 
 
 class WorkerLink:

@@ -285,3 +285,27 @@ def test_malformed_control_request_gets_an_error_and_pool_keeps_serving(pool_fac
             answer = s.makefile().readline()
         assert '"ok": false' in answer, answer
     assert get_json(pool.port)["pid"] in pool.pids()
+
+
+def test_a_burst_of_keepalive_connections_is_shared_fairly(pool_factory: Any) -> None:
+    import json
+    import socket
+
+    pool = pool_factory("corepool.demo:app", workers=2).start()
+    conns = [socket.create_connection(("127.0.0.1", pool.port), timeout=10) for _ in range(64)]
+    try:
+        per_pid: dict[int, int] = {}
+        for conn in conns:
+            conn.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        for conn in conns:
+            data = b""
+            while b"}" not in data:
+                data += conn.recv(4096)
+            pid = json.loads(data.split(b"\r\n\r\n", 1)[1])["pid"]
+            per_pid[pid] = per_pid.get(pid, 0) + 1
+    finally:
+        for conn in conns:
+            conn.close()
+    # Each worker holds its share of the connections, within ±15 % of 1/N.
+    assert set(per_pid) == pool.pids()
+    assert all(abs(n / 64 - 0.5) <= 0.15 for n in per_pid.values()), per_pid

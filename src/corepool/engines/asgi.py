@@ -1,12 +1,15 @@
 """ASGI on uvicorn's server (httptools parser, uvloop loop), serving sockets the worker inherited.
 
-Two changes to uvicorn's behaviour, both for reloads that clients never notice:
+Three changes to uvicorn's behaviour:
 
 * uvicorn's signal handling is replaced by the worker's own: SIGTERM starts a drain.
 * During a drain uvicorn closes idle keep-alive connections at once, racing with a request the client may be
   sending on them at that moment (it then sees a reset). :class:`DrainingHttpToolsProtocol` instead keeps an
   idle connection open and answers its next request with ``Connection: close``; connections that stay idle
   are closed by the keep-alive timeout, or at the end of the drain.
+* Connections are accepted by :class:`Acceptor`, one per wake-up, pausing while this worker holds more than
+  its share of the pool's connections (:mod:`corepool.balance`), instead of by asyncio's server, which takes
+  a whole burst in whichever worker wakes first.
 """
 
 from __future__ import annotations
@@ -22,14 +25,50 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corepool import log
+from corepool.balance import PAUSE, Board, cell_of
 from corepool.engines import Route
 from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
+
+
+class Balancer:
+    """This worker's side of the shared connection board."""
+
+    def __init__(self, board: Board | None, cell: int) -> None:
+        self.board, self.cell = board, cell
+        self.servers: list[uvicorn.Server] = []
+        self.accepting = False
+
+    def open_connections(self) -> int:
+        return sum(len(server.server_state.connections) for server in self.servers)
+
+    def publish(self) -> None:
+        if self.board is not None and self.accepting:
+            self.board.set(self.cell, self.open_connections())
+
+    def over_share(self) -> bool:
+        return self.board is not None and self.board.over_share(self.open_connections())
+
+    def stop(self) -> None:
+        self.accepting = False
+        if self.board is not None:
+            self.board.set(self.cell, None)
 
 
 class DrainingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, with a drain that never closes a connection under a client's request."""
 
     draining = False
+    balancer: Balancer | None = None  # one per worker process
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if self.balancer is not None:
+            self.balancer.publish()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.balancer is not None:
+            self.balancer.publish()
 
     def shutdown(self) -> None:
         self.draining = True
@@ -43,21 +82,90 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
 
 
-class PoolServer(uvicorn.Server):
-    """uvicorn's Server without its own signal handling, telling when it accepts."""
+class Acceptor:
+    """Accepts on a shared listening socket: one connection per wake-up, none while over this worker's share."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
+        balancer: Balancer,
+    ) -> None:
+        self.loop, self.sock, self.factory, self.balancer = loop, sock, factory, balancer
+        self.closed = False
+        self._resume_handle: asyncio.TimerHandle | None = None
+        self._pending: set[asyncio.Task[Any]] = set()
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        if self.balancer.over_share():
+            self._pause(PAUSE)
+            return
+        try:
+            conn, _ = self.sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: back off instead of spinning
+            log.event("accept", f"accept failed: {exc.strerror or exc}", warning=True)
+            self._pause(0.1)
+            return
+        conn.setblocking(False)
+        task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _pause(self, seconds: float) -> None:
+        self.loop.remove_reader(self.sock.fileno())
+        self._resume_handle = self.loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        self._resume_handle = None
+        if not self.closed:
+            self.loop.add_reader(self.sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        """Stop accepting (the socket stays open for the other workers)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._resume_handle is not None:
+            self._resume_handle.cancel()
+        else:
+            self.loop.remove_reader(self.sock.fileno())
+
+
+class PoolServer(uvicorn.Server):
+    """uvicorn's Server without its own signal handling, accepting through :class:`Acceptor`."""
+
+    def __init__(self, config: uvicorn.Config, balancer: Balancer) -> None:
         super().__init__(config)
         self.up = asyncio.Event()
+        self.balancer = balancer
+        self.acceptors: list[Acceptor] = []
+        balancer.servers.append(self)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield  # the worker owns its signals
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started:
-            self.up.set()
+        await super().startup(sockets=[])  # lifespan, protocol set-up; we accept ourselves
+        if not self.started:
+            return
+        loop = asyncio.get_running_loop()
+        config, state = self.config, self.server_state
+
+        def create_protocol() -> asyncio.Protocol:
+            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=state, app_state=self.lifespan.state, _loop=loop
+            )
+            return protocol
+
+        self.acceptors = [Acceptor(loop, sock, create_protocol, self.balancer) for sock in sockets or []]
+        self.up.set()
+
+    def stop_accepting(self) -> None:
+        for acceptor in self.acceptors:
+            acceptor.close()
 
 
 def make_config(app: Any, spec: WorkerSpec, interface: str = "auto") -> uvicorn.Config:
@@ -99,15 +207,18 @@ async def _serve_all(servers: list[tuple[PoolServer, list[socket.socket]]], link
         if any(server.should_exit for server, _ in servers):
             return
         log.event("drain", "draining: no new connections, finishing in-flight requests")
+        balancer.stop()
         for server, _ in servers:
             # Stop accepting now rather than at uvicorn's next tick, and say so: the primary ends a reload
             # only once no retired worker can take a new connection.
-            for listening in server.servers:
-                listening.close()
+            server.stop_accepting()
             server.should_exit = True
         link.send("draining")
 
     loop.add_signal_handler(signal.SIGTERM, drain)
+    balancer = servers[0][0].balancer
+    balancer.accepting = True
+    balancer.publish()
     link.requests = lambda: sum(server.server_state.total_requests for server, _ in servers)
     link.on_primary_gone = drain
     link.attach(loop)
@@ -125,13 +236,15 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
     """Serve every (ASGI or WSGI) route on one event loop until a drain ends."""
     from corepool.engines import wsgi
 
+    balancer = Balancer(spec.board, cell_of(spec.slot, spec.generation))
+    DrainingHttpToolsProtocol.balancer = balancer
     servers = []
     for route in routes:
         if route.interface == "wsgi":
             app, probe = wsgi.adapt(route.app)
             link.probe = link.probe or probe
-            servers.append((PoolServer(make_config(app, spec, "asgi3")), route.sockets))
+            servers.append((PoolServer(make_config(app, spec, "asgi3"), balancer), route.sockets))
         else:
-            servers.append((PoolServer(make_config(route.app, spec)), route.sockets))
+            servers.append((PoolServer(make_config(route.app, spec), balancer), route.sockets))
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_serve_all(servers, link))
