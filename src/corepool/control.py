@@ -21,10 +21,11 @@ import json
 import os
 import selectors
 import socket
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from corepool.listeners import clear_unix_path
 
 MAX_REQUEST = 64 * 1024
 Reply = Callable[[dict[str, Any]], None]
@@ -49,7 +50,11 @@ class ControlServer:
         directory = Path(self.path).parent
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _clear_stale(self.path)
+            busy = clear_unix_path(self.path)
+            if busy:
+                raise ControlError(
+                    f"control socket {self.path}: {busy} (another corepool? stop it, or pass --control / --name)"
+                )
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             old_umask = os.umask(0o177)
             try:
@@ -139,26 +144,6 @@ class ControlServer:
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
         conn.close()
-
-
-def _clear_stale(path: str) -> None:
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise ControlError(f"control socket path {path} exists and is not a socket (remove it or pass --control)")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)  # nobody answers: left by a pool that died
-        return
-    finally:
-        probe.close()
-    raise ControlError(
-        f"another corepool already answers on control socket {path} (stop it, or pass --control / --name)"
-    )
 
 
 def request(path: str, payload: dict[str, Any], timeout: float | None = 10.0) -> dict[str, Any]:

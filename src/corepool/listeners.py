@@ -76,7 +76,9 @@ def bind(spec: str, backlog: int) -> Listener:
     try:
         if family == socket.AF_UNIX:
             assert isinstance(address, str)
-            _remove_stale_unix_socket(spec, address)
+            busy = clear_unix_path(address)
+            if busy:
+                raise ListenerError(f"cannot bind {spec}: {busy} (stop it, remove it or choose another path)")
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
@@ -96,24 +98,28 @@ def bind(spec: str, backlog: int) -> Listener:
     return Listener(sock, name, _format(sock), "bind", unix_path=unix_path)
 
 
-def _remove_stale_unix_socket(spec: str, path: str) -> None:
+def clear_unix_path(path: str) -> str | None:
+    """Make ``path`` free for a unix socket: remove a socket nobody listens on (left by a process that died).
+
+    Returns None when the path is free, else why it is not.
+    """
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
-        return
+        return None
     if not stat.S_ISSOCK(mode):
-        raise ListenerError(f"cannot bind {spec}: {path} exists and is not a socket (remove it or choose another path)")
+        return f"{path} exists and is not a socket"
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(path)
     except ConnectionRefusedError:
-        os.unlink(path)  # nobody listens: a leftover from a process that died
-        return
-    except OSError:
-        return
+        os.unlink(path)
+        return None
+    except OSError as exc:
+        return f"{path} cannot be checked: {exc.strerror or exc}"
     finally:
         probe.close()
-    raise ListenerError(f"cannot bind {spec}: a running server listens on {path} (stop it or choose another path)")
+    return f"a running server listens on {path}"
 
 
 def _format(sock: socket.socket) -> str:

@@ -309,3 +309,19 @@ def test_a_burst_of_keepalive_connections_is_shared_fairly(pool_factory: Any) ->
     # Each worker holds its share of the connections, within ±15 % of 1/N.
     assert set(per_pid) == pool.pids()
     assert all(abs(n / 64 - 0.5) <= 0.15 for n in per_pid.values()), per_pid
+
+
+def test_second_pool_on_the_same_control_socket_is_refused(pool_factory: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.support import free_port
+
+    pool = pool_factory("corepool.demo:app", workers=1).start()
+    out = subprocess.run(
+        [sys.executable, "-m", "corepool", "serve", "corepool.demo:app", "--bind", f"127.0.0.1:{free_port()}",
+         "--control", pool.control], capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 1
+    assert f"control socket {pool.control}: a running server listens on" in out.stderr
+    assert get_json(pool.port)["pid"] in pool.pids()  # the running pool is untouched
