@@ -212,7 +212,9 @@ def _status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, indent=2))
     else:
-        print(format_status(status))
+        from corepool.status import format_text
+
+        print(format_text(status))
     return 0
 
 
@@ -229,45 +231,6 @@ def _reload(args: argparse.Namespace) -> int:
         print(f"reload done: {reason}")
         return 0
     return _fail(EXIT_FAILURE, f"reload failed: {reason}")
-
-
-def _seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.1f}s" if value < 120 else f"{value / 60:.0f}m"
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 1048576:.1f}M"
-
-
-def format_status(status: dict[str, Any]) -> str:
-    """The human-readable ``corepool status``."""
-    lines = [
-        f"corepool {status['name']!r} primary {status['pid']}: {status['phase']}, generation {status['generation']}, "
-        f"{status['workers_ready']}/{status['workers_wanted']} workers ready, {status['requests']} requests"
-        + (" (reloading)" if status["reloading"] else ""),
-        "listening on " + ", ".join(f"{x['address']} ({x['source']})" for x in status["listeners"]),
-    ]
-    last = status.get("last_reload")
-    if last:
-        verdict = "ok" if last["ok"] else "ROLLED BACK"
-        ago = _seconds(last["ago"])
-        lines.append(f"last reload: generation {last['generation']} {verdict} {ago} ago: {last['reason']}")
-    if status.get("config_error"):
-        lines.append(f"config not reloaded: {status['config_error']}")
-    header = ("SLOT", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RSS", "LAST PONG")
-    lines.append("{:>4} {:>7} {:>4} {:<9} {:>8} {:>9} {:>8} {:>10}".format(*header))
-    for w in status["workers"]:
-        lines.append(
-            f"{w['slot']:>4} {w['pid'] or '-':>7} {w['generation']:>4} {w['state']:<9} {_seconds(w['uptime']):>8} "
-            f"{w['requests']:>9} {_mib(w['rss_bytes']):>8} {_seconds(w['last_pong_ago']):>10}"
-        )
-    for s in status["slots"]:
-        if s["failures"] or s["retry_in"] is not None:
-            retry = f", retry in {_seconds(s['retry_in'])}" if s["retry_in"] is not None else ""
-            lines.append(f"slot {s['slot']}: {s['failures']} failures in a row{retry} (backoff): {s['last_error']}")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

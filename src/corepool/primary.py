@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corepool import balance, channel, control, log, policy, settings, worker
+from corepool import balance, channel, control, events, log, policy, settings, status, worker
 from corepool.listeners import Listener
 from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
@@ -93,7 +93,7 @@ class Primary:
         self.loader_channels: dict[int, _Channel] = {}  # generation -> channel
         self.loader_pids: dict[int, int] = {}  # pid -> generation
         self.unclaimed_exits: dict[int, int] = {}  # pid -> wait status, for workers not yet named by a loader
-        self.events: collections.deque[policy.Event] = collections.deque()
+        self.events: collections.deque[events.Event] = collections.deque()
         self.exit_code: int | None = None
         self.waiters = _ReloadWaiters()
         self.requests_retired = 0
@@ -119,7 +119,7 @@ class Primary:
             f"{self.settings.workers} workers; control socket {self.control.path}",
         )
         self.notifier.extend_timeout(self.settings.boot_timeout + 10)
-        self.events.append(policy.Start(time.monotonic()))
+        self.events.append(events.Start(time.monotonic()))
         try:
             while self.exit_code is None:
                 self._drain_events()
@@ -127,7 +127,7 @@ class Primary:
                     break
                 for key, mask in self.selector.select(self._timeout()):
                     key.data(mask)
-                self.events.append(policy.Tick(time.monotonic()))
+                self.events.append(events.Tick(time.monotonic()))
                 self._heartbeat()
         finally:
             self._cleanup()
@@ -178,19 +178,19 @@ class Primary:
             log.event("stop", "SIGQUIT: fast stop")
             self._begin_stop(now, graceful=False)
         elif signum == signal.SIGUSR2:
-            self.events.append(policy.ReloadRequested(now, "SIGUSR2"))
+            self.events.append(events.ReloadRequested(now, "SIGUSR2"))
         elif signum == signal.SIGHUP:
             self._reload_config(now)
         elif signum == signal.SIGTTIN:
-            self.events.append(policy.ScaleRequested(1, now))
+            self.events.append(events.ScaleRequested(1, now))
         elif signum == signal.SIGTTOU:
-            self.events.append(policy.ScaleRequested(-1, now))
+            self.events.append(events.ScaleRequested(-1, now))
 
     def _begin_stop(self, now: float, graceful: bool) -> None:
         if self.policy.phase is not policy.PoolPhase.STOPPING:
             self.notifier.stopping("stopping: draining workers")
             self.notifier.extend_timeout(self.settings.graceful_timeout + 5)
-        self.events.append(policy.StopRequested(now, graceful))
+        self.events.append(events.StopRequested(now, graceful))
 
     def _reload_config(self, now: float) -> None:
         path = self.settings.config_path
@@ -208,8 +208,8 @@ class Primary:
             self.settings = fresh
             self.policy.timing = timing_for(fresh, self.notifier.watchdog_interval)
             if delta:
-                self.events.append(policy.ScaleRequested(delta, now))
-        self.events.append(policy.ReloadRequested(now, "SIGHUP"))
+                self.events.append(events.ScaleRequested(delta, now))
+        self.events.append(events.ReloadRequested(now, "SIGHUP"))
 
     def _reap(self, now: float) -> None:
         while True:
@@ -222,7 +222,7 @@ class Primary:
             generation = self.loader_pids.pop(pid, None)
             if generation is not None:
                 self._close_loader(generation)
-                self.events.append(policy.LoaderExited(generation, describe_status(status)[0], now))
+                self.events.append(events.LoaderExited(generation, describe_status(status)[0], now))
             elif pid in self.pids:
                 self._worker_exited(pid, status, now)
             elif self.policy.preload and len(self.unclaimed_exits) < 1024:
@@ -237,7 +237,7 @@ class Primary:
             self.requests_retired += w.requests
             self.board.set(balance.cell_of(w.slot, w.generation), None)
         self._close_channel(wid)
-        self.events.append(policy.WorkerExited(wid, description, clean, now))
+        self.events.append(events.WorkerExited(wid, description, clean, now))
 
     # -------------------------------------------------------------------------------------- the policy
 
@@ -248,43 +248,43 @@ class Primary:
                 self._carry_out(action)
         self.notifier.status(self.status_line())
 
-    def _carry_out(self, action: policy.Action) -> None:
+    def _carry_out(self, action: events.Action) -> None:
         match action:
-            case policy.Spawn(wid, slot, generation):
+            case events.Spawn(wid, slot, generation):
                 self._extend_reload_timeout()
                 self._spawn(wid, slot, generation)
-            case policy.SpawnLoader(generation):
+            case events.SpawnLoader(generation):
                 self._extend_reload_timeout()
                 self._spawn_loader(generation)
-            case policy.SignalLoader(generation, signum, _reason):
+            case events.SignalLoader(generation, signum, _reason):
                 for loader_pid, g in self.loader_pids.items():
                     if g == generation:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(loader_pid, signum)
-            case policy.Signal(wid, signum, _reason):
+            case events.Signal(wid, signum, _reason):
                 pid = self._pid(wid)
                 if pid is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signum)
-            case policy.Ping(wid, seq):
+            case events.Ping(wid, seq):
                 ch = self.channels.get(wid)
                 if ch is not None:
                     channel.send(ch.sock, channel.encode("ping", seq=seq))
-            case policy.Report(event, message, wid, warning):
+            case events.Report(event, message, wid, warning):
                 self._report(event, message, wid, warning)
-            case policy.PoolReady():
+            case events.PoolReady():
                 ready = f"ready: {self.policy.ready_count()} workers serving"
                 log.event("ready", f"pool {ready} (pid {os.getpid()})", generation=self.policy.generation)
                 self.notifier.ready(self.status_line())
-            case policy.ReloadStarted(generation):
+            case events.ReloadStarted(generation):
                 self.waiters.by_generation.setdefault(generation, []).extend(self.waiters.next_reload)
                 self.waiters.next_reload = []
                 self.notifier.reloading(f"reloading to generation {generation}")
-            case policy.ReloadFinished(generation, ok, reason):
+            case events.ReloadFinished(generation, ok, reason):
                 self._answer_reload_waiters(generation, ok, reason)
                 if self.policy.phase is not policy.PoolPhase.STOPPING:
                     self.notifier.ready(self.status_line())
-            case policy.Exit(code, reason):
+            case events.Exit(code, reason):
                 self.exit_code = code
                 log.event("exit", f"primary exits with code {code}: {reason}", warning=code != 0)
 
@@ -365,7 +365,7 @@ class Primary:
             worker_end.close()
             if not sent:
                 primary_end.close()
-                self.events.append(policy.WorkerExited(wid, f"loader of generation {generation} is gone", False, now))
+                self.events.append(events.WorkerExited(wid, f"loader of generation {generation} is gone", False, now))
                 return
             self._add_channel(wid, primary_end)
             return  # the pid arrives with the loader's "forked"
@@ -374,7 +374,7 @@ class Primary:
         except OSError as exc:
             primary_end.close()
             worker_end.close()
-            self.events.append(policy.WorkerExited(wid, f"fork failed: {exc.strerror}", False, now))
+            self.events.append(events.WorkerExited(wid, f"fork failed: {exc.strerror}", False, now))
             return
         worker_end.close()
         self._add_channel(wid, primary_end)
@@ -386,7 +386,7 @@ class Primary:
 
     def _worker_forked(self, wid: int, pid: int, now: float) -> None:
         self.pids[pid] = wid
-        self.events.append(policy.WorkerForked(wid, pid, now))
+        self.events.append(events.WorkerForked(wid, pid, now))
         w = self.policy.workers.get(wid)
         slot, generation = (w.slot, w.generation) if w else (None, None)
         log.event("spawn", f"worker {pid} spawned (slot {slot}, generation {generation})",
@@ -408,13 +408,13 @@ class Primary:
         except OSError as exc:
             primary_end.close()
             loader_end.close()
-            self.events.append(policy.LoaderExited(generation, f"fork failed: {exc.strerror}", now))
+            self.events.append(events.LoaderExited(generation, f"fork failed: {exc.strerror}", now))
             return
         loader_end.close()
         self.loader_pids[pid] = generation
         self.loader_channels[generation] = _Channel(generation, primary_end)
         self.selector.register(primary_end, selectors.EVENT_READ, lambda _m, g=generation: self._on_loader(g))
-        self.events.append(policy.LoaderForked(generation, pid, now))
+        self.events.append(events.LoaderForked(generation, pid, now))
         log.event("loader", f"loader {pid} spawned for generation {generation}", generation=generation)
 
     def _on_loader(self, generation: int) -> None:
@@ -425,17 +425,17 @@ class Primary:
         for message in self._receive(ch.sock, f"the loader of generation {generation}"):
             kind = message["t"]
             if kind == "ready":
-                self.events.append(policy.LoaderReady(generation, now))
+                self.events.append(events.LoaderReady(generation, now))
             elif kind == "boot_error":
                 error = self._boot_error(message, generation=generation)
-                self.events.append(policy.LoaderBootError(generation, error, now))
+                self.events.append(events.LoaderBootError(generation, error, now))
             elif kind == "forked" and isinstance(message.get("wid"), int) and isinstance(message.get("pid"), int):
                 wid, pid = message["wid"], message["pid"]
                 if pid > 0:
                     self._worker_forked(wid, pid, now)
                 else:
                     self._close_channel(wid)
-                    self.events.append(policy.WorkerExited(wid, "the loader could not fork it", False, now))
+                    self.events.append(events.WorkerExited(wid, "the loader could not fork it", False, now))
 
     def _close_loader(self, generation: int) -> None:
         ch = self.loader_channels.pop(generation, None)
@@ -491,16 +491,16 @@ class Primary:
     def _on_message(self, wid: int, message: dict[str, Any], now: float) -> None:
         kind = message["t"]
         if kind == "ready":
-            self.events.append(policy.WorkerReady(wid, now))
+            self.events.append(events.WorkerReady(wid, now))
         elif kind == "draining":
-            self.events.append(policy.WorkerDraining(wid, now))
+            self.events.append(events.WorkerDraining(wid, now))
         elif kind == "pong":
             seq, requests = message.get("seq"), message.get("requests")
             if isinstance(seq, int) and isinstance(requests, int):
-                self.events.append(policy.Pong(wid, seq, requests, now))
+                self.events.append(events.Pong(wid, seq, requests, now))
         elif kind == "boot_error":
             error = self._boot_error(message, worker_pid=self._pid(wid))
-            self.events.append(policy.WorkerBootError(wid, error, now))
+            self.events.append(events.WorkerBootError(wid, error, now))
         elif kind == "broadcast":
             self._relay(wid, message)
         else:
@@ -533,7 +533,7 @@ class Primary:
                 return
             queued = self.policy.reloading or self.policy.phase is policy.PoolPhase.STARTING
             now = time.monotonic()
-            self.events.append(policy.ReloadRequested(now, "reload via control socket"))
+            self.events.append(events.ReloadRequested(now, "reload via control socket"))
             self._drain_events()
             if not req.get("wait"):
                 reply({"ok": True, "queued": queued})
@@ -555,77 +555,23 @@ class Primary:
 
     def status(self) -> dict[str, Any]:
         """The pool as data: what ``corepool status --json`` prints."""
-        now = time.monotonic()
-        p = self.policy
-        last = p.last_reload
-        return {
-            "pid": os.getpid(),
-            "name": self.settings.name,
-            "app": self.settings.app,
-            "phase": p.phase.value,
-            "mode": "preload" if p.preload else "lazy",
-            "loaders": [
-                {"generation": g, "pid": loader.pid, "ready": loader.ready, "stopping": loader.stopping}
-                for g, loader in sorted(p.loaders.items())
-            ],
-            "generation": p.generation,
-            "workers_wanted": p.workers_wanted,
-            "workers_ready": p.ready_count(),
-            "reloading": p.reloading,
-            "requests": self.requests_total(),
-            "uptime": round(now - self.started_at, 3),
-            "listeners": [{"name": lst.name, "address": lst.address, "source": lst.source} for lst in self.listeners],
-            "control": self.control.path,
-            "config_error": self.config_error,
-            "last_reload": None
-            if last is None
-            else {
-                "generation": last.generation,
-                "ok": last.ok,
-                "reason": last.reason,
-                "ago": round(now - last.finished_at, 3),
-            },
-            "workers": [
-                {
-                    "pid": w.pid,
-                    "slot": w.slot,
-                    "generation": w.generation,
-                    "state": w.state.value,
-                    "uptime": round(now - w.spawned_at, 3),
-                    "requests": w.requests,
-                    "rss_bytes": rss_bytes(w.pid),
-                    "last_pong_ago": None if w.last_pong_at is None else round(now - w.last_pong_at, 3),
-                }
-                for w in sorted(p.workers.values(), key=lambda w: (w.slot, w.wid))
-            ],
-            "slots": [
-                {
-                    "slot": s.index,
-                    "generation": s.generation,
-                    "failures": s.failures,
-                    "retry_in": None if s.retry_at is None else round(max(0.0, s.retry_at - now), 3),
-                    "last_error": s.last_error,
-                }
-                for s in sorted(p.slots.values(), key=lambda s: s.index)
-            ],
-        }
+        return status.snapshot(
+            self.policy,
+            time.monotonic(),
+            name=self.settings.name,
+            app=self.settings.app,
+            requests=self.requests_total(),
+            uptime=time.monotonic() - self.started_at,
+            listeners=[{"name": lst.name, "address": lst.address, "source": lst.source} for lst in self.listeners],
+            control=self.control.path,
+            config_error=self.config_error,
+        )
 
     def requests_total(self) -> int:
         return self.requests_retired + sum(w.requests for w in self.policy.workers.values())
 
     def status_line(self) -> str:
-        """The one-line summary systemd shows as the unit's status."""
-        p = self.policy
-        line = f"{p.ready_count()}/{p.workers_wanted} workers ready, generation {p.generation}"
-        line += f", {self.requests_total()} requests"
-        if p.reloading and p.roll is not None:
-            line += f"; reloading to generation {p.roll.generation}"
-        elif p.last_reload is not None:
-            line += f"; last reload {'ok' if p.last_reload.ok else 'rolled back'}"
-        backing_off = [s.index for s in p.slots.values() if s.retry_at is not None]
-        if backing_off:
-            line += f"; backing off slots {backing_off}"
-        return line
+        return status.line(self.policy, self.requests_total())
 
     # ------------------------------------------------------------------------------------------- timing
 
@@ -687,13 +633,3 @@ def describe_status(status: int) -> tuple[str, bool]:
     code = os.WEXITSTATUS(status)
     meaning = {worker.EXIT_BOOT_FAILED: " (app failed to boot)", worker.EXIT_PRIMARY_GONE: " (primary gone)"}
     return f"exit code {code}{meaning.get(code, '')}", code == 0
-
-
-def rss_bytes(pid: int | None) -> int | None:
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return None

@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from corepool import events as ev
 from corepool import policy as p
 from corepool.policy import Policy, Timing
 
@@ -17,41 +18,41 @@ class Harness:
         self.policy = Policy(workers_wanted=workers, timing=Timing(**timing))
         self.now = 0.0
         self.next_pid = 100
-        self.actions: list[p.Action] = []
+        self.actions: list[ev.Action] = []
 
-    def feed(self, event: p.Event) -> list[p.Action]:
+    def feed(self, event: ev.Event) -> list[ev.Action]:
         out = self.policy.handle(event)
         self.actions.extend(out)
         for action in out:
-            if isinstance(action, p.Spawn):
+            if isinstance(action, ev.Spawn):
                 self.next_pid += 1
-                out += self.feed(p.WorkerForked(action.wid, self.next_pid, self.now))
+                out += self.feed(ev.WorkerForked(action.wid, self.next_pid, self.now))
         return out
 
-    def at(self, now: float) -> list[p.Action]:
+    def at(self, now: float) -> list[ev.Action]:
         self.now = now
-        return self.feed(p.Tick(now))
+        return self.feed(ev.Tick(now))
 
-    def start(self) -> list[p.Action]:
-        return self.feed(p.Start(self.now))
+    def start(self) -> list[ev.Action]:
+        return self.feed(ev.Start(self.now))
 
-    def ready_all(self) -> list[p.Action]:
-        out: list[p.Action] = []
+    def ready_all(self) -> list[ev.Action]:
+        out: list[ev.Action] = []
         for w in list(self.policy.workers.values()):
             if w.state is p.WorkerState.BOOTING:
-                out += self.feed(p.WorkerReady(w.wid, self.now))
+                out += self.feed(ev.WorkerReady(w.wid, self.now))
         return out
 
-    def drained(self) -> list[p.Action]:
+    def drained(self) -> list[ev.Action]:
         """Every retired worker reports that it closed its listening sockets."""
-        out: list[p.Action] = []
+        out: list[ev.Action] = []
         for w in list(self.policy.workers.values()):
             if w.state is p.WorkerState.DRAINING:
-                out += self.feed(p.WorkerDraining(w.wid, self.now))
+                out += self.feed(ev.WorkerDraining(w.wid, self.now))
         return out
 
-    def exit(self, wid: int, clean: bool = False, description: str = "killed by SIGKILL") -> list[p.Action]:
-        return self.feed(p.WorkerExited(wid, description, clean, self.now))
+    def exit(self, wid: int, clean: bool = False, description: str = "killed by SIGKILL") -> list[ev.Action]:
+        return self.feed(ev.WorkerExited(wid, description, clean, self.now))
 
     def booting(self) -> list[int]:
         return [w.wid for w in self.policy.workers.values() if w.state is p.WorkerState.BOOTING]
@@ -60,20 +61,20 @@ class Harness:
         return [w.wid for w in self.policy.workers.values() if w.state is p.WorkerState.READY]
 
 
-def kinds(actions: list[p.Action], kind: type) -> list[p.Action]:
+def kinds(actions: list[ev.Action], kind: type) -> list[ev.Action]:
     return [a for a in actions if isinstance(a, kind)]
 
 
 def test_start_spawns_one_worker_per_slot_and_is_ready_only_when_all_are() -> None:
     h = Harness(workers=3)
-    spawns = kinds(h.start(), p.Spawn)
+    spawns = kinds(h.start(), ev.Spawn)
     assert [s.slot for s in spawns] == [0, 1, 2]
     first, *rest = h.booting()
-    assert not kinds(h.feed(p.WorkerReady(first, 0.1)), p.PoolReady)
-    out: list[p.Action] = []
+    assert not kinds(h.feed(ev.WorkerReady(first, 0.1)), ev.PoolReady)
+    out: list[ev.Action] = []
     for wid in rest:
-        out += h.feed(p.WorkerReady(wid, 0.2))
-    assert kinds(out, p.PoolReady) == [p.PoolReady()]
+        out += h.feed(ev.WorkerReady(wid, 0.2))
+    assert kinds(out, ev.PoolReady) == [ev.PoolReady()]
     assert h.policy.phase is p.PoolPhase.RUNNING
 
 
@@ -81,12 +82,12 @@ def test_boot_failure_before_the_pool_was_ever_ready_aborts_start() -> None:
     h = Harness(workers=2)
     h.start()
     wid = h.booting()[0]
-    h.feed(p.WorkerBootError(wid, "app 'x:app': importing x raised ImportError", 0.1))
+    h.feed(ev.WorkerBootError(wid, "app 'x:app': importing x raised ImportError", 0.1))
     out = h.exit(wid, description="exit code 3")
-    assert kinds(out, p.Signal)  # the other booting worker is killed
+    assert kinds(out, ev.Signal)  # the other booting worker is killed
     other = h.booting()[0]
     out = h.exit(other)
-    (exit_,) = kinds(out, p.Exit)
+    (exit_,) = kinds(out, ev.Exit)
     assert exit_.code == 1 and "ImportError" in exit_.reason
 
 
@@ -96,21 +97,21 @@ def test_crash_after_ready_is_replaced_at_once_then_backs_off_when_repeated() ->
     h.ready_all()
     h.at(100.0)
     wid = h.ready()[0]
-    assert kinds(h.exit(wid), p.Spawn)  # stable worker died: replaced at once
+    assert kinds(h.exit(wid), ev.Spawn)  # stable worker died: replaced at once
     delays = []
     for _ in range(6):
         new = h.booting()[0]
         out = h.exit(new, description="exit code 3")
-        assert not kinds(out, p.Spawn)
+        assert not kinds(out, ev.Spawn)
         slot = h.policy.slots[0]
         assert slot.retry_at is not None
         delays.append(slot.retry_at - h.now)
-        assert kinds(h.at(slot.retry_at), p.Spawn)
+        assert kinds(h.at(slot.retry_at), ev.Spawn)
     assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
     h.ready_all()
     h.at(h.now + 10)
     wid = h.ready()[0]
-    assert kinds(h.exit(wid), p.Spawn), "a worker that stayed up resets the backoff"
+    assert kinds(h.exit(wid), ev.Spawn), "a worker that stayed up resets the backoff"
 
 
 def test_health_ping_and_kill_on_missing_pong() -> None:
@@ -119,14 +120,14 @@ def test_health_ping_and_kill_on_missing_pong() -> None:
     h.ready_all()
     wid = h.ready()[0]
     assert h.policy.next_deadline() == 10
-    (ping,) = kinds(h.at(10), p.Ping)
-    h.feed(p.Pong(wid, ping.seq, 42, 11))
+    (ping,) = kinds(h.at(10), ev.Ping)
+    h.feed(ev.Pong(wid, ping.seq, 42, 11))
     assert h.policy.workers[wid].requests == 42
-    (ping,) = kinds(h.at(21), p.Ping)
-    assert not kinds(h.at(25.9), p.Signal)
-    (kill,) = kinds(h.at(26), p.Signal)
+    (ping,) = kinds(h.at(21), ev.Ping)
+    assert not kinds(h.at(25.9), ev.Signal)
+    (kill,) = kinds(h.at(26), ev.Signal)
     assert kill.signum == signal.SIGKILL and "health_timeout" in kill.reason
-    assert kinds(h.exit(wid), p.Spawn)
+    assert kinds(h.exit(wid), ev.Spawn)
 
 
 def test_stale_pong_does_not_count() -> None:
@@ -134,15 +135,15 @@ def test_stale_pong_does_not_count() -> None:
     h.start()
     h.ready_all()
     wid = h.ready()[0]
-    (ping,) = kinds(h.at(1), p.Ping)
-    h.feed(p.Pong(wid, ping.seq - 1, 0, 1.5))
-    assert kinds(h.at(2), p.Signal)
+    (ping,) = kinds(h.at(1), ev.Ping)
+    h.feed(ev.Pong(wid, ping.seq - 1, 0, 1.5))
+    assert kinds(h.at(2), ev.Signal)
 
 
 def test_boot_timeout_kills_a_worker_that_never_gets_ready() -> None:
     h = Harness(workers=1, boot_timeout=60)
     h.start()
-    (kill,) = kinds(h.at(60), p.Signal)
+    (kill,) = kinds(h.at(60), ev.Signal)
     assert kill.signum == signal.SIGKILL and "boot_timeout" in kill.reason
 
 
@@ -151,20 +152,20 @@ def test_rolling_reload_starts_one_new_worker_before_retiring_each_old_one() -> 
     h.start()
     h.ready_all()
     old = set(h.ready())
-    out = h.feed(p.ReloadRequested(1.0))
-    assert kinds(out, p.ReloadStarted) == [p.ReloadStarted(2)]
-    assert len(kinds(out, p.Spawn)) == 1 and not kinds(out, p.Signal)
+    out = h.feed(ev.ReloadRequested(1.0))
+    assert kinds(out, ev.ReloadStarted) == [ev.ReloadStarted(2)]
+    assert len(kinds(out, ev.Spawn)) == 1 and not kinds(out, ev.Signal)
     new = h.booting()[0]
-    out = h.feed(p.WorkerReady(new, 2.0))
-    (term,) = kinds(out, p.Signal)
+    out = h.feed(ev.WorkerReady(new, 2.0))
+    (term,) = kinds(out, ev.Signal)
     assert term.signum == signal.SIGTERM and term.wid in old
-    assert len(kinds(out, p.Spawn)) == 1
+    assert len(kinds(out, ev.Spawn)) == 1
     out = h.ready_all()
-    (term2,) = kinds(out, p.Signal)
+    (term2,) = kinds(out, ev.Signal)
     assert {term.wid, term2.wid} == old
-    assert not kinds(out, p.ReloadFinished), "not over while an old worker may still accept"
+    assert not kinds(out, ev.ReloadFinished), "not over while an old worker may still accept"
     out = h.drained()
-    assert kinds(out, p.ReloadFinished) == [p.ReloadFinished(2, True, "all workers run generation 2")]
+    assert kinds(out, ev.ReloadFinished) == [ev.ReloadFinished(2, True, "all workers run generation 2")]
     assert h.policy.generation == 2
     for wid in old:
         h.exit(wid, clean=True, description="exit code 0")
@@ -176,10 +177,10 @@ def test_a_retired_worker_that_exits_without_reporting_also_ends_the_roll() -> N
     h.start()
     h.ready_all()
     (old,) = h.ready()
-    h.feed(p.ReloadRequested(1.0))
+    h.feed(ev.ReloadRequested(1.0))
     h.ready_all()
     assert h.policy.reloading
-    assert kinds(h.exit(old, clean=True, description="exit code 0"), p.ReloadFinished)
+    assert kinds(h.exit(old, clean=True, description="exit code 0"), ev.ReloadFinished)
 
 
 def test_reload_that_fails_to_boot_rolls_back_and_keeps_old_workers() -> None:
@@ -187,13 +188,13 @@ def test_reload_that_fails_to_boot_rolls_back_and_keeps_old_workers() -> None:
     h.start()
     h.ready_all()
     old = set(h.ready())
-    h.feed(p.ReloadRequested(1.0))
+    h.feed(ev.ReloadRequested(1.0))
     new = h.booting()[0]
-    h.feed(p.WorkerBootError(new, "boom", 1.5))
+    h.feed(ev.WorkerBootError(new, "boom", 1.5))
     out = h.exit(new, description="exit code 3")
-    (finished,) = kinds(out, p.ReloadFinished)
+    (finished,) = kinds(out, ev.ReloadFinished)
     assert not finished.ok and "boom" in finished.reason
-    assert not kinds(out, p.Spawn) and not kinds(out, p.Signal)
+    assert not kinds(out, ev.Spawn) and not kinds(out, ev.Signal)
     assert set(h.ready()) == old and h.policy.generation == 1
     assert h.policy.last_reload is not None and not h.policy.last_reload.ok
 
@@ -202,11 +203,11 @@ def test_reload_boot_timeout_rolls_back() -> None:
     h = Harness(workers=1, boot_timeout=5)
     h.start()
     h.ready_all()
-    h.feed(p.ReloadRequested(1.0))
+    h.feed(ev.ReloadRequested(1.0))
     new = h.booting()[0]
-    (kill,) = kinds(h.at(6.0), p.Signal)
+    (kill,) = kinds(h.at(6.0), ev.Signal)
     assert kill.wid == new
-    (finished,) = kinds(h.exit(new), p.ReloadFinished)
+    (finished,) = kinds(h.exit(new), ev.ReloadFinished)
     assert not finished.ok and "boot_timeout" in finished.reason
 
 
@@ -214,13 +215,13 @@ def test_reloads_asked_during_a_reload_coalesce_into_one_more() -> None:
     h = Harness(workers=1)
     h.start()
     h.ready_all()
-    h.feed(p.ReloadRequested(1.0))
-    assert not kinds(h.feed(p.ReloadRequested(1.1)), p.ReloadStarted)
-    assert not kinds(h.feed(p.ReloadRequested(1.2)), p.ReloadStarted)
+    h.feed(ev.ReloadRequested(1.0))
+    assert not kinds(h.feed(ev.ReloadRequested(1.1)), ev.ReloadStarted)
+    assert not kinds(h.feed(ev.ReloadRequested(1.2)), ev.ReloadStarted)
     out = h.ready_all() + h.drained()
-    assert [a.generation for a in kinds(out, p.ReloadStarted)] == [3]
+    assert [a.generation for a in kinds(out, ev.ReloadStarted)] == [3]
     out = h.ready_all() + h.drained()
-    assert kinds(out, p.ReloadFinished)[0].generation == 3
+    assert kinds(out, ev.ReloadFinished)[0].generation == 3
     assert not h.policy.reloading
 
 
@@ -228,11 +229,11 @@ def test_graceful_stop_drains_then_exits_zero() -> None:
     h = Harness(workers=2, graceful_timeout=30)
     h.start()
     h.ready_all()
-    out = h.feed(p.StopRequested(5.0))
-    assert {a.signum for a in kinds(out, p.Signal)} == {signal.SIGTERM}
+    out = h.feed(ev.StopRequested(5.0))
+    assert {a.signum for a in kinds(out, ev.Signal)} == {signal.SIGTERM}
     wids = list(h.policy.workers)
     h.exit(wids[0], clean=True, description="exit code 0")
-    (exit_,) = kinds(h.exit(wids[1], clean=True, description="exit code 0"), p.Exit)
+    (exit_,) = kinds(h.exit(wids[1], clean=True, description="exit code 0"), ev.Exit)
     assert exit_.code == 0
 
 
@@ -240,12 +241,12 @@ def test_stop_kills_stragglers_after_graceful_timeout_and_exits_non_zero() -> No
     h = Harness(workers=2, graceful_timeout=30)
     h.start()
     h.ready_all()
-    h.feed(p.StopRequested(5.0))
+    h.feed(ev.StopRequested(5.0))
     wids = list(h.policy.workers)
     h.exit(wids[0], clean=True, description="exit code 0")
-    (kill,) = kinds(h.at(35.0), p.Signal)
+    (kill,) = kinds(h.at(35.0), ev.Signal)
     assert kill.signum == signal.SIGKILL and kill.wid == wids[1]
-    (exit_,) = kinds(h.exit(wids[1]), p.Exit)
+    (exit_,) = kinds(h.exit(wids[1]), ev.Exit)
     assert exit_.code == 1 and "1 worker(s) killed" in exit_.reason
 
 
@@ -253,8 +254,8 @@ def test_stop_during_reload_reports_the_reload_as_failed() -> None:
     h = Harness(workers=1)
     h.start()
     h.ready_all()
-    h.feed(p.ReloadRequested(1.0))
-    (finished,) = kinds(h.feed(p.StopRequested(2.0)), p.ReloadFinished)
+    h.feed(ev.ReloadRequested(1.0))
+    (finished,) = kinds(h.feed(ev.StopRequested(2.0)), ev.ReloadFinished)
     assert not finished.ok
 
 
@@ -262,25 +263,25 @@ def test_scale_up_and_down() -> None:
     h = Harness(workers=1)
     h.start()
     h.ready_all()
-    (spawn,) = kinds(h.feed(p.ScaleRequested(1, 1.0)), p.Spawn)
+    (spawn,) = kinds(h.feed(ev.ScaleRequested(1, 1.0)), ev.Spawn)
     assert spawn.slot == 1 and h.policy.workers_wanted == 2
     h.ready_all()
-    (term,) = kinds(h.feed(p.ScaleRequested(-1, 2.0)), p.Signal)
+    (term,) = kinds(h.feed(ev.ScaleRequested(-1, 2.0)), ev.Signal)
     assert h.policy.workers[term.wid].slot == 1 and h.policy.workers_wanted == 1
-    assert not kinds(h.exit(term.wid, clean=True), p.Spawn)
-    assert not kinds(h.feed(p.ScaleRequested(-1, 3.0)), p.Signal), "never below one worker"
+    assert not kinds(h.exit(term.wid, clean=True), ev.Spawn)
+    assert not kinds(h.feed(ev.ScaleRequested(-1, 3.0)), ev.Signal), "never below one worker"
 
 
 def test_scale_during_reload_waits_for_the_reload() -> None:
     h = Harness(workers=1)
     h.start()
     h.ready_all()
-    h.feed(p.ReloadRequested(1.0))
-    out = h.feed(p.ScaleRequested(1, 1.1))
-    assert not kinds(out, p.Spawn)
+    h.feed(ev.ReloadRequested(1.0))
+    out = h.feed(ev.ScaleRequested(1, 1.1))
+    assert not kinds(out, ev.Spawn)
     out = h.ready_all() + h.drained()
-    assert kinds(out, p.ReloadFinished)
-    assert [s.slot for s in kinds(out, p.Spawn)] == [1]
+    assert kinds(out, ev.ReloadFinished)
+    assert [s.slot for s in kinds(out, ev.Spawn)] == [1]
 
 
 def test_healthy_needs_a_recent_pong_from_a_ready_worker() -> None:
@@ -290,9 +291,9 @@ def test_healthy_needs_a_recent_pong_from_a_ready_worker() -> None:
     h.ready_all()
     assert h.policy.healthy(1.0, 5)
     wid = h.ready()[0]
-    (ping,) = kinds(h.at(1.0), p.Ping)
+    (ping,) = kinds(h.at(1.0), ev.Ping)
     assert not h.policy.healthy(7.0, 5)
-    h.feed(p.Pong(wid, ping.seq, 0, 7.0))
+    h.feed(ev.Pong(wid, ping.seq, 0, 7.0))
     assert h.policy.healthy(8.0, 5)
 
 

@@ -8,6 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from corepool import events as ev
 from corepool import policy as p
 from corepool.policy import Policy, Timing, WorkerState
 
@@ -23,46 +24,46 @@ class PoolMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.pid = 1000
         self.exited = False
-        self.step(p.Start(self.now))
+        self.step(ev.Start(self.now))
 
     # -- feeding ----------------------------------------------------------------------------------
 
-    def step(self, event: p.Event) -> list[p.Action]:
+    def step(self, event: ev.Event) -> list[ev.Action]:
         ready_before = self.policy.ready_count()
         slots_before = len(self.policy.slots)
         out = self.policy.handle(event)
         assert not self.exited or not out, f"actions after Exit: {out}"
         for action in out:
             self.check_action(event, action)
-            if isinstance(action, p.Exit):
+            if isinstance(action, ev.Exit):
                 assert not self.policy.workers
                 self.exited = True
-        if isinstance(event, (p.WorkerReady, p.WorkerDraining, p.Pong, p.ReloadRequested, p.WorkerForked,
-                              p.WorkerBootError)):
+        if isinstance(event, (ev.WorkerReady, ev.WorkerDraining, ev.Pong, ev.ReloadRequested, ev.WorkerForked,
+                              ev.WorkerBootError)):
             # Only deaths, timers, stops and scale-downs (possibly deferred until a roll ends) lower capacity.
             removed_slots = max(0, slots_before - len(self.policy.slots))
             assert self.policy.ready_count() >= ready_before - removed_slots, (event, ready_before, out)
         for action in out:
-            if isinstance(action, p.Spawn):
+            if isinstance(action, ev.Spawn):
                 if self.policy.preload:
                     loader = self.policy.loaders.get(action.generation)
                     assert loader is not None and loader.ready, "workers fork only from a ready loader"
                 self.pid += 1
-                self.policy.handle(p.WorkerForked(action.wid, self.pid, self.now))
-            if isinstance(action, p.SpawnLoader):
+                self.policy.handle(ev.WorkerForked(action.wid, self.pid, self.now))
+            if isinstance(action, ev.SpawnLoader):
                 assert self.policy.preload
                 self.pid += 1
-                self.policy.handle(p.LoaderForked(action.generation, self.pid, self.now))
+                self.policy.handle(ev.LoaderForked(action.generation, self.pid, self.now))
         return out
 
-    def check_action(self, event: p.Event, action: p.Action) -> None:
-        if isinstance(action, (p.Signal, p.Ping)):
+    def check_action(self, event: ev.Event, action: ev.Action) -> None:
+        if isinstance(action, (ev.Signal, ev.Ping)):
             assert action.wid in self.policy.workers
-        if isinstance(action, p.Signal) and action.signum == signal.SIGTERM:
+        if isinstance(action, ev.Signal) and action.signum == signal.SIGTERM:
             stopping = self.policy.phase is p.PoolPhase.STOPPING
-            if not stopping and not isinstance(event, p.ScaleRequested) and not self._scaled_down(action.wid):
+            if not stopping and not isinstance(event, ev.ScaleRequested) and not self._scaled_down(action.wid):
                 # A serving worker is retired only when its slot's replacement just became ready.
-                assert isinstance(event, p.WorkerReady), (event, action)
+                assert isinstance(event, ev.WorkerReady), (event, action)
                 assert self.policy.workers[event.wid].slot == self.policy.workers[action.wid].slot
 
     def _scaled_down(self, wid: int) -> bool:
@@ -78,37 +79,37 @@ class PoolMachine(RuleBasedStateMachine):
     def worker_ready(self, data: st.DataObject) -> None:
         wid = self.pick(data, WorkerState.BOOTING)
         if wid is not None:
-            self.step(p.WorkerReady(wid, self.now))
+            self.step(ev.WorkerReady(wid, self.now))
 
     @rule(data=st.data(), during_boot=st.booleans())
     def worker_dies(self, data: st.DataObject, during_boot: bool) -> None:
         wid = self.pick(data, WorkerState.BOOTING if during_boot else WorkerState.READY)
         if wid is not None:
-            self.step(p.WorkerExited(wid, "killed by SIGKILL", False, self.now))
+            self.step(ev.WorkerExited(wid, "killed by SIGKILL", False, self.now))
 
     @rule(data=st.data())
     def retired_worker_stops_accepting(self, data: st.DataObject) -> None:
         wid = self.pick(data, WorkerState.DRAINING)
         if wid is not None:
-            self.step(p.WorkerDraining(wid, self.now))
+            self.step(ev.WorkerDraining(wid, self.now))
 
     @rule(data=st.data())
     def retired_worker_exits(self, data: st.DataObject) -> None:
         wid = self.pick(data, WorkerState.DRAINING)
         if wid is not None:
-            self.step(p.WorkerExited(wid, "exit code 0", True, self.now))
+            self.step(ev.WorkerExited(wid, "exit code 0", True, self.now))
 
     @rule()
     def killed_workers_die(self) -> None:
         for w in list(self.policy.workers.values()):
             if w.kill_reason is not None and w.wid in self.policy.workers:
-                self.step(p.WorkerExited(w.wid, "killed by SIGKILL", False, self.now))
+                self.step(ev.WorkerExited(w.wid, "killed by SIGKILL", False, self.now))
 
     @rule()
     def everyone_answers_pings(self) -> None:
         for w in list(self.policy.workers.values()):
             if w.ping_sent_at is not None and w.wid in self.policy.workers:
-                self.step(p.Pong(w.wid, w.ping_seq, 1, self.now))
+                self.step(ev.Pong(w.wid, w.ping_seq, 1, self.now))
 
     @rule(data=st.data(), ready=st.booleans())
     def loader_boots_or_dies(self, data: st.DataObject, ready: bool) -> None:
@@ -116,35 +117,35 @@ class PoolMachine(RuleBasedStateMachine):
         if generations:
             generation = data.draw(st.sampled_from(generations))
             if ready:
-                self.step(p.LoaderReady(generation, self.now))
+                self.step(ev.LoaderReady(generation, self.now))
             else:
-                self.step(p.LoaderBootError(generation, "ImportError", self.now))
-                self.step(p.LoaderExited(generation, "exit code 3", self.now))
+                self.step(ev.LoaderBootError(generation, "ImportError", self.now))
+                self.step(ev.LoaderExited(generation, "exit code 3", self.now))
 
     @rule(data=st.data())
     def loader_exits(self, data: st.DataObject) -> None:
         generations = sorted(self.policy.loaders)
         if generations:
             generation = data.draw(st.sampled_from(generations))
-            self.step(p.LoaderExited(generation, "killed by SIGKILL", self.now))
+            self.step(ev.LoaderExited(generation, "killed by SIGKILL", self.now))
 
     @rule(dt=st.floats(min_value=0.01, max_value=6))
     def time_passes(self, dt: float) -> None:
         self.now += dt
-        self.step(p.Tick(self.now))
+        self.step(ev.Tick(self.now))
 
     @rule()
     def reload(self) -> None:
-        self.step(p.ReloadRequested(self.now))
+        self.step(ev.ReloadRequested(self.now))
 
     @rule(delta=st.sampled_from([-1, 1]))
     def scale(self, delta: int) -> None:
-        self.step(p.ScaleRequested(delta, self.now))
+        self.step(ev.ScaleRequested(delta, self.now))
 
     @precondition(lambda self: self.policy.phase is not p.PoolPhase.STOPPING)
     @rule(graceful=st.booleans())
     def stop(self, graceful: bool) -> None:
-        self.step(p.StopRequested(self.now, graceful))
+        self.step(ev.StopRequested(self.now, graceful))
 
     # -- invariants ---------------------------------------------------------------------------------
 

@@ -1,0 +1,234 @@
+"""The policy's vocabulary: the events the primary feeds :class:`corepool.policy.Policy` and the actions it
+returns. Plain frozen dataclasses, no behaviour (h11's events, for a process pool)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# ---------------------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class Start:
+    """The primary is up and its listeners are bound: boot the pool."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerForked:
+    """``Spawn(wid)`` was carried out and the worker process is ``pid``."""
+
+    wid: int
+    pid: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """The worker loaded its app and is accepting connections."""
+
+    wid: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerDraining:
+    """A retired worker closed its listening sockets: it takes no new connection any more."""
+
+    wid: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerBootError:
+    """The worker said why it could not boot (it exits right after)."""
+
+    wid: int
+    error: str
+    now: float
+
+
+@dataclass(frozen=True)
+class Pong:
+    """The worker's serving loop answered ping ``seq``; ``requests`` is its running total."""
+
+    wid: int
+    seq: int
+    requests: int
+    now: float
+
+
+@dataclass(frozen=True)
+class WorkerExited:
+    """The worker process is gone; ``description`` is human-readable ("exit code 3", "killed by SIGKILL")."""
+
+    wid: int
+    description: str
+    clean: bool
+    now: float
+
+
+@dataclass(frozen=True)
+class LoaderForked:
+    """``SpawnLoader(generation)`` was carried out: the loader process is ``pid``."""
+
+    generation: int
+    pid: int
+    now: float
+
+
+@dataclass(frozen=True)
+class LoaderReady:
+    """The generation's loader imported the app and froze its heap: workers can be forked from it."""
+
+    generation: int
+    now: float
+
+
+@dataclass(frozen=True)
+class LoaderBootError:
+    """The loader said why the app could not be imported (it exits right after)."""
+
+    generation: int
+    error: str
+    now: float
+
+
+@dataclass(frozen=True)
+class LoaderExited:
+    generation: int
+    description: str
+    now: float
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passed; the primary sends one at least by :meth:`Policy.next_deadline`."""
+
+    now: float
+
+
+@dataclass(frozen=True)
+class ReloadRequested:
+    """Roll every worker onto a new generation (SIGUSR2, SIGHUP, ``corepool reload``)."""
+
+    now: float
+    reason: str = "reload requested"
+
+
+@dataclass(frozen=True)
+class ScaleRequested:
+    """Change the number of workers by ``delta`` (SIGTTIN +1, SIGTTOU -1)."""
+
+    delta: int
+    now: float
+
+
+@dataclass(frozen=True)
+class StopRequested:
+    """Stop the pool: graceful drains first, otherwise kill at once."""
+
+    now: float
+    graceful: bool = True
+
+
+Event = (
+    Start
+    | WorkerForked
+    | WorkerReady
+    | WorkerDraining
+    | WorkerBootError
+    | Pong
+    | WorkerExited
+    | LoaderForked
+    | LoaderReady
+    | LoaderBootError
+    | LoaderExited
+    | Tick
+    | ReloadRequested
+    | ScaleRequested
+    | StopRequested
+)
+
+# --------------------------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True)
+class Spawn:
+    """Fork worker ``wid`` into ``slot`` running ``generation``; answer with ``WorkerForked``."""
+
+    wid: int
+    slot: int
+    generation: int
+
+
+@dataclass(frozen=True)
+class SpawnLoader:
+    """Fork a loader for ``generation`` (preload mode): it imports the app once; workers fork from it."""
+
+    generation: int
+
+
+@dataclass(frozen=True)
+class SignalLoader:
+    generation: int
+    signum: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Send ``signum`` to worker ``wid``."""
+
+    wid: int
+    signum: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Ping:
+    """Ask worker ``wid``'s serving loop to answer ``seq``."""
+
+    wid: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class Report:
+    """Something worth a log line: ``event`` is a short keyword (spawn, ready, exit, kill, backoff, ...)."""
+
+    event: str
+    message: str
+    wid: int | None = None
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class PoolReady:
+    """Every slot has a ready worker for the first time: the service is up."""
+
+
+@dataclass(frozen=True)
+class ReloadStarted:
+    generation: int
+
+
+@dataclass(frozen=True)
+class ReloadFinished:
+    generation: int
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Exit:
+    """Every worker is gone after a stop: the primary exits with ``code``."""
+
+    code: int
+    reason: str
+
+
+Action = (
+    Spawn | SpawnLoader | Signal | SignalLoader | Ping | Report | PoolReady | ReloadStarted | ReloadFinished | Exit
+)

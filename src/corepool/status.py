@@ -1,0 +1,120 @@
+"""The pool's status: as data (``corepool status --json``), as systemd's one-line STATUS=, and as text."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from corepool.policy import Policy
+
+
+def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
+    """Everything ``corepool status`` shows; ``pool`` adds what the primary knows (name, listeners, ...)."""
+    last = p.last_reload
+    return {
+        "pid": os.getpid(),
+        **pool,
+        "phase": p.phase.value,
+        "mode": "preload" if p.preload else "lazy",
+        "generation": p.generation,
+        "workers_wanted": p.workers_wanted,
+        "workers_ready": p.ready_count(),
+        "reloading": p.reloading,
+        "last_reload": None
+        if last is None
+        else {
+            "generation": last.generation,
+            "ok": last.ok,
+            "reason": last.reason,
+            "ago": round(now - last.finished_at, 3),
+        },
+        "loaders": [
+            {"generation": g, "pid": loader.pid, "ready": loader.ready, "stopping": loader.stopping}
+            for g, loader in sorted(p.loaders.items())
+        ],
+        "workers": [
+            {
+                "pid": w.pid,
+                "slot": w.slot,
+                "generation": w.generation,
+                "state": w.state.value,
+                "uptime": round(now - w.spawned_at, 3),
+                "requests": w.requests,
+                "rss_bytes": rss_bytes(w.pid),
+                "last_pong_ago": None if w.last_pong_at is None else round(now - w.last_pong_at, 3),
+            }
+            for w in sorted(p.workers.values(), key=lambda w: (w.slot, w.wid))
+        ],
+        "slots": [
+            {
+                "slot": s.index,
+                "generation": s.generation,
+                "failures": s.failures,
+                "retry_in": None if s.retry_at is None else round(max(0.0, s.retry_at - now), 3),
+                "last_error": s.last_error,
+            }
+            for s in sorted(p.slots.values(), key=lambda s: s.index)
+        ],
+    }
+
+
+def line(p: Policy, requests: int) -> str:
+    """The one-line summary systemd shows as the unit's status."""
+    text = f"{p.ready_count()}/{p.workers_wanted} workers ready, generation {p.generation}, {requests} requests"
+    if p.reloading and p.roll is not None:
+        text += f"; reloading to generation {p.roll.generation}"
+    elif p.last_reload is not None:
+        text += f"; last reload {'ok' if p.last_reload.ok else 'rolled back'}"
+    backing_off = [s.index for s in p.slots.values() if s.retry_at is not None]
+    if backing_off:
+        text += f"; backing off slots {backing_off}"
+    return text
+
+
+def rss_bytes(pid: int | None) -> int | None:
+    if pid is None:
+        return None
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}s" if value < 120 else f"{value / 60:.0f}m"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1048576:.1f}M"
+
+
+def format_text(status: dict[str, Any]) -> str:
+    """The human-readable ``corepool status``."""
+    lines = [
+        f"corepool {status['name']!r} primary {status['pid']}: {status['phase']}, generation {status['generation']}, "
+        f"{status['workers_ready']}/{status['workers_wanted']} workers ready, {status['requests']} requests"
+        + (" (reloading)" if status["reloading"] else ""),
+        "listening on " + ", ".join(f"{x['address']} ({x['source']})" for x in status["listeners"]),
+    ]
+    last = status.get("last_reload")
+    if last:
+        verdict = "ok" if last["ok"] else "ROLLED BACK"
+        ago = _seconds(last["ago"])
+        lines.append(f"last reload: generation {last['generation']} {verdict} {ago} ago: {last['reason']}")
+    if status.get("config_error"):
+        lines.append(f"config not reloaded: {status['config_error']}")
+    header = ("SLOT", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RSS", "LAST PONG")
+    lines.append("{:>4} {:>7} {:>4} {:<9} {:>8} {:>9} {:>8} {:>10}".format(*header))
+    for w in status["workers"]:
+        lines.append(
+            f"{w['slot']:>4} {w['pid'] or '-':>7} {w['generation']:>4} {w['state']:<9} {_seconds(w['uptime']):>8} "
+            f"{w['requests']:>9} {_mib(w['rss_bytes']):>8} {_seconds(w['last_pong_ago']):>10}"
+        )
+    for s in status["slots"]:
+        if s["failures"] or s["retry_in"] is not None:
+            retry = f", retry in {_seconds(s['retry_in'])}" if s["retry_in"] is not None else ""
+            lines.append(f"slot {s['slot']}: {s['failures']} failures in a row{retry} (backoff): {s['last_error']}")
+    return "\n".join(lines)
