@@ -155,6 +155,14 @@ def _opt(values: list[float | None], digits: int = 2) -> str:
     return text + (f" ({missing} incomplete)" if missing else "")
 
 
+def answers(runs: list[dict[str, Any]]) -> str:
+    """How many reloads corepool reported ok, and the reason of any that were not."""
+    replies = [r.get("answer") or {} for r in runs]
+    ok = sum(1 for a in replies if a.get("ok"))
+    bad = sorted({a.get("reason", "no answer") for a in replies if not a.get("ok")})
+    return f"{ok}/{len(runs)} ok" + (f"; {'; '.join(bad)}" if bad else "")
+
+
 def reload_table(data: dict[str, Any]) -> str:
     rows = []
     for name, runs in _by_server(data["runs"]).items():
@@ -164,9 +172,11 @@ def reload_table(data: dict[str, Any]) -> str:
             fmt([r["roll"]["p99_ms"] / r["rest"]["p99_ms"] for r in runs], 2),
             fmt([r["roll"]["max_ms"] for r in runs], 0), _opt([r["roll_s"] for r in runs]),
             _opt([r["answer_s"] for r in runs]) if name.startswith("corepool") else "",
+            answers(runs) if name.startswith("corepool") else "",
         ])  # fmt: skip
     headers = ["server", "reload trigger", "failed (all reps)", "p99 at rest ms", "p99 in roll window ms",
-               "p99 ratio", "max latency ms", "roll wall time s", "`reload --wait` answered after s"]  # fmt: skip
+               "p99 ratio", "max latency ms", "roll wall time s", "`reload --wait` answered after s",
+               "corepool's answer"]  # fmt: skip
     return md_table(headers, rows)
 
 
@@ -313,14 +323,15 @@ def goals_table(results: dict[str, dict[str, Any] | None]) -> str:
             p99r = statistics.median(r["roll"]["p99_ms"] / r["rest"]["p99_ms"] for r in runs)
             rolls = [r["roll_s"] for r in runs if r["roll_s"] is not None]
             bar = rl["import_seconds"] + 1.0
-            roll = max(rolls) if rolls and len(rolls) == len(runs) else None
+            roll = max(rolls) if rolls else None
+            note = f", {len(runs) - len(rolls)} of {len(runs)} incomplete" if len(rolls) < len(runs) else ""
             rows += [
                 [f"reload: failed requests ({label(name)})", "0", str(failed), "yes" if failed == 0 else "no"],
                 [f"reload: p99 in roll ÷ at rest ({label(name)})", "<= 2x", f"{p99r:.2f}x (median)",
                  "yes" if p99r <= 2 else "no"],
                 [f"reload: roll wall time, {rl['workers']} workers ({label(name)})", f"<= {bar:.1f} s",
-                 f"{roll:.2f} s (worst)" if roll is not None else "incomplete",
-                 "yes" if roll and roll <= bar else "no"],
+                 f"{roll:.2f} s (worst completed{note})" if roll is not None else "incomplete",
+                 "yes" if roll and roll <= bar and not note else "no"],
             ]  # fmt: skip
     cr = results.get("crash")
     if cr:
