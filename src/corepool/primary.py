@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corepool import balance, channel, control, events, log, policy, settings, status, worker
+from corepool import balance, channel, control, engines, events, loader, log, policy, settings, status, worker
 from corepool.listeners import Listener
 from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
@@ -107,6 +107,7 @@ class Primary:
 
     def run(self) -> int:
         """Serve until stopped. Returns 0 after a clean stop, 1 when workers had to be killed or start failed."""
+        engines.import_all()
         if not _become_subreaper() and self.policy.preload:
             log.event("start", "cannot become a child subreaper: falling back to mode lazy", warning=True)
             self.policy.preload = False
@@ -359,9 +360,9 @@ class Primary:
         primary_end, worker_end = channel.pair()
         now = time.monotonic()
         if self.policy.preload:
-            loader = self.loader_channels.get(generation)
+            loader_channel = self.loader_channels.get(generation)
             request = channel.encode("fork", wid=wid, slot=slot)
-            sent = loader is not None and _send_fd(loader.sock, request, worker_end.fileno())
+            sent = loader_channel is not None and _send_fd(loader_channel.sock, request, worker_end.fileno())
             worker_end.close()
             if not sent:
                 primary_end.close()
@@ -401,10 +402,8 @@ class Primary:
         spec = self._spec(-1, generation)
         primary_end, loader_end = channel.pair()
         now = time.monotonic()
-        from corepool import loader as loader_module
-
         try:
-            pid = self._fork(lambda: loader_module.run(spec, loader_end, self._named_listeners()), [primary_end])
+            pid = self._fork(lambda: loader.run(spec, loader_end, self._named_listeners()), [primary_end])
         except OSError as exc:
             primary_end.close()
             loader_end.close()
