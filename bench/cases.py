@@ -6,6 +6,8 @@ Servers are started by this process, loaded with wrk on 127.0.0.1 for a bounded 
 from __future__ import annotations
 
 import contextlib
+import http.client
+import json
 import os
 import signal
 import statistics
@@ -126,6 +128,22 @@ def _warm_all_workers(s: servers.Server, timeout: float = 30.0) -> None:
         if len(pids) >= s.workers and all(p in s.marks() for p in pids):
             return
     raise RuntimeError(f"{s.name}: not every worker served within {timeout}s")
+
+
+def _collect_in_every_worker(s: servers.Server, tries: int = 400) -> None:
+    """GET /collect on fresh connections until every worker ran one full gc.collect()."""
+    pids = set(s.worker_pids())
+    seen: set[int] = set()
+    for _ in range(tries):
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        try:
+            conn.request("GET", "/collect", headers={"Connection": "close"})
+            seen.add(json.loads(conn.getresponse().read())["pid"])
+        finally:
+            conn.close()
+        if pids <= seen:
+            return
+    raise RuntimeError(f"{s.name}: /collect reached {len(seen & pids)} of {len(pids)} workers")
 
 
 def reload_trigger(s: servers.Server) -> tuple[Callable[[], dict[str, Any] | None], str]:
@@ -273,9 +291,14 @@ def memory(settings: Settings) -> dict[str, Any]:
                 res = wrk.run(s.port, "/items", duration=settings.duration)
                 time.sleep(0.5)
                 loaded = pool_pss(s)
-                runs.append({"rep": rep, "server": name, "idle": idle, "loaded": loaded, "rps": res.rps})
+                _collect_in_every_worker(s)
+                time.sleep(0.2)
+                collected = pool_pss(s)
+                runs.append({"rep": rep, "server": name, "idle": idle, "loaded": loaded, "collected": collected,
+                             "rps": res.rps})  # fmt: skip
                 log(f"memory rep {rep + 1} {name:24} PSS idle {idle['pss_mib']:.1f} MiB, after load "
-                    f"{loaded['pss_mib']:.1f} MiB ({loaded['processes']} processes)")  # fmt: skip
+                    f"{loaded['pss_mib']:.1f} MiB, after gc {collected['pss_mib']:.1f} MiB "
+                    f"({loaded['processes']} processes)")  # fmt: skip
     data = {"workers": workers, "runs": runs}
     save(settings, "memory", data)
     return data

@@ -7,6 +7,8 @@ document; ``/items`` validates and serialises 50 model instances (allocates, so 
 
 from __future__ import annotations
 
+import gc
+import os
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
@@ -62,6 +64,13 @@ Item = MODELS[0]
 async def root() -> dict[str, Any]:
     mark()
     return {"ok": True, "models": N_MODELS, "catalogue": len(CATALOGUE)}
+
+
+@app.get("/collect")
+async def collect() -> dict[str, Any]:
+    """A full collection, as a long-running worker does now and then: it writes to every tracked object's GC
+    header, which unshares copy-on-write pages unless gc.freeze() moved those objects out of the GC's reach."""
+    return {"pid": os.getpid(), "collected": gc.collect()}
 
 
 @app.get("/items", response_model=list[Item])  # type: ignore[valid-type]
