@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import stat
@@ -325,3 +326,40 @@ def test_second_pool_on_the_same_control_socket_is_refused(pool_factory: Any) ->
     assert out.returncode == 1
     assert f"control socket {pool.control}: a running server listens on" in out.stderr
     assert get_json(pool.port)["pid"] in pool.pids()  # the running pool is untouched
+
+
+def test_sighup_rereads_the_config_and_a_bad_one_keeps_the_pool_running(pool_factory: Any, tmp_path: Path) -> None:
+    config = tmp_path / "pool.toml"
+    config.write_text("workers = 1\n")
+    pool = pool_factory("corepool.demo:app", "--config", str(config), workers=None).start()
+    assert pool.status()["workers_wanted"] == 1
+    config.write_text("workers = 2\n")
+    pool.signal(signal.SIGHUP)
+    status = pool.wait_for(lambda s: s["workers_ready"] == 2 and s["generation"] == 2 and not s["reloading"], 30)
+    assert status["config_error"] is None
+    config.write_text("workers = 'many'\n")
+    before = pool.pids()
+    pool.signal(signal.SIGHUP)
+    status = pool.wait_for(lambda s: s["config_error"] is not None, 10)
+    assert "workers: expected a whole number" in status["config_error"]
+    assert "config not reloaded" in pool.ctl("status").stdout
+    assert pool.pids() == before and status["generation"] == 2
+    assert get_json(pool.port)["pid"] in before
+
+
+def test_idle_keepalive_connection_survives_a_reload_and_is_closed_politely(pool_factory: Any) -> None:
+    import http.client
+
+    pool = pool_factory("corepool.demo:app", "--keepalive-timeout", "1", workers=1).start()
+    conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
+    conn.request("GET", "/")
+    first = conn.getresponse()
+    old_pid = json.loads(first.read())["pid"]
+    assert not first.will_close
+    assert pool.ctl("reload", "--wait").returncode == 0
+    time.sleep(2)  # past the keep-alive timeout: a retired worker keeps an idle connection for the whole drain
+    conn.request("GET", "/")
+    second = conn.getresponse()
+    assert json.loads(second.read())["pid"] == old_pid
+    assert second.will_close  # answered with Connection: close, then closed: the client never saw a reset
+    conn.close()

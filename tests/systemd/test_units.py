@@ -472,3 +472,28 @@ def test_sigkilled_primary_without_socket_unit_keeps_sockets_in_fd_store(
     assert result.ok > 20
     # the restarted primary took the very socket back from systemd's fd store
     assert [(x["address"], x["source"]) for x in status["listeners"]] == [(f"127.0.0.1:{pool.port}", "fdstore")]
+
+
+def test_units_command_renders_a_working_pair(sandbox_factory: SandboxFactory, corepool_venv: Path) -> None:
+    """`corepool units` for a user's app: the pair it prints verifies and serves under systemd."""
+    import subprocess
+
+    sb = sandbox_factory({})
+    port = free_port()
+    app_dir = sb.write_file("shop/.keep", "").parent
+    out = subprocess.run(
+        [str(corepool_venv / "bin/corepool"), "units", "--app", "corepool.demo:app", "--name", "shop",
+         "--listen", f"127.0.0.1:{port}", "--app-dir", str(app_dir)],
+        capture_output=True, text=True, check=True, timeout=30,
+    )
+    files = dict(re.findall(r"(?ms)^# ---- (\S+)\n(.*?)(?=^# ---- |\Z)", out.stdout))
+    assert set(files) == {"shop.socket", "shop.service"}
+    for name, text in files.items():
+        sb.write_unit(name, text)
+    verify = sb.run("systemd-analyze", "verify", "--man=no", *(str(sb.unit_dir / n) for n in files), check=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    sb.systemctl("start", "shop.socket")
+    answer = get_json(port, timeout=20)
+    assert answer["pid"] in sb.unit_pids("shop.service")
+    sb.systemctl("reload", "shop.service", timeout=60)
+    assert get_json(port, timeout=10)["generation"] == 2

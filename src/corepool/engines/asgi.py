@@ -5,8 +5,8 @@ Three changes to uvicorn's behaviour:
 * uvicorn's signal handling is replaced by the worker's own: SIGTERM starts a drain.
 * During a drain uvicorn closes idle keep-alive connections at once, racing with a request the client may be
   sending on them at that moment (it then sees a reset). :class:`DrainingHttpToolsProtocol` instead keeps an
-  idle connection open and answers its next request with ``Connection: close``; connections that stay idle
-  are closed by the keep-alive timeout, or at the end of the drain.
+  idle connection open (its keep-alive timer stopped) and answers its next request with ``Connection: close``;
+  connections that stay idle are closed at the end of the drain (``graceful_timeout``).
 * Connections are accepted by :class:`Acceptor`, one per wake-up, pausing while this worker holds more than
   its share of the pool's connections (:mod:`corepool.balance`), instead of by asyncio's server, which takes
   a whole burst in whichever worker wakes first.
@@ -73,7 +73,10 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         self.draining = True
         if self.cycle is None or self.cycle.response_complete:
-            return  # idle: its next request gets Connection: close (see on_headers_complete)
+            # Idle: its next request gets Connection: close (see on_headers_complete). Until then it stays open
+            # for the rest of the drain, not just the keep-alive timeout, so no client request races a close.
+            self._unset_keepalive_if_required()
+            return
         self.cycle.keep_alive = False
 
     def on_headers_complete(self) -> None:
