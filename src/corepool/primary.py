@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import ctypes
+import gc
 import os
 import selectors
 import signal
@@ -108,6 +109,10 @@ class Primary:
     def run(self) -> int:
         """Serve until stopped. Returns 0 after a clean stop, 1 when workers had to be killed or start failed."""
         engines.import_all()
+        # Everything imported so far is shared with every process forked from here: keep the collector from
+        # writing to it (and so copying its pages into the primary, and into a loader at its first collection).
+        gc.collect()
+        gc.freeze()
         if not _become_subreaper() and self.policy.preload:
             log.event("start", "cannot become a child subreaper: falling back to mode lazy", warning=True)
             self.policy.preload = False

@@ -18,15 +18,17 @@ def preload_only(mode: str) -> None:
         pytest.skip("preload mode only")
 
 
-def test_workers_share_a_frozen_heap_in_preload_mode_only(pool_factory: Any, mode: str) -> None:
-    pool = pool_factory("switchable:app", workers=2).start()
-    frozen = {get_json(pool.port)["gc_frozen"] for _ in range(10)}
-    if mode == "preload":
-        assert min(frozen) > 0
-        (loader,) = pool.status()["loaders"]
-        assert loader["generation"] == 1 and loader["ready"]
-    else:
-        assert frozen == {0} and pool.status()["loaders"] == []
+@pytest.mark.usefixtures("preload_only")
+def test_preload_workers_inherit_the_app_frozen(pool_factory: Any) -> None:
+    preload = pool_factory("switchable:app", workers=2).start()
+    lazy = pool_factory("switchable:app", "--mode", "lazy", workers=2).start()
+    frozen_preload = {get_json(preload.port)["gc_frozen"] for _ in range(10)}
+    frozen_lazy = {get_json(lazy.port)["gc_frozen"] for _ in range(10)}
+    # Both freeze what the primary imported before forking; only preload workers also inherit the app frozen.
+    assert min(frozen_lazy) > 0 and min(frozen_preload) > max(frozen_lazy)
+    (loader,) = preload.status()["loaders"]
+    assert loader["generation"] == 1 and loader["ready"]
+    assert lazy.status()["loaders"] == []
 
 
 @pytest.mark.usefixtures("preload_only")
