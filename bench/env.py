@@ -37,7 +37,7 @@ def _stamp() -> str:
 def ensure_peers(log: bool = True) -> Path:
     """Create or update the peers venv (from /usr/bin/python3) when the pinned list changed; return its python."""
     stamp = VENV / ".bench-stamp"
-    if stamp.exists() and stamp.read_text() == _stamp() and PYTHON.exists():
+    if stamp.exists() and stamp.read_text() == _stamp() and PYTHON.exists() and _corepool_is_the_checkout():
         return PYTHON
     if log:
         print(f"bench: installing the peers into {VENV}", flush=True)
@@ -49,6 +49,13 @@ def ensure_peers(log: bool = True) -> Path:
     subprocess.run([*pip, *REQUIREMENTS, "-e", str(REPO)], check=True)
     stamp.write_text(_stamp())
     return PYTHON
+
+
+def _corepool_is_the_checkout() -> bool:
+    """The venv must run corepool from this checkout (editable), never a stale copy installed by hand."""
+    out = subprocess.run([str(PYTHON), "-c", "import corepool; print(corepool.__file__)"],
+                         capture_output=True, text=True)  # fmt: skip
+    return out.returncode == 0 and Path(out.stdout.strip()).resolve().is_relative_to((REPO / "src").resolve())
 
 
 def in_peers_venv() -> bool:
