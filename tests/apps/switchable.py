@@ -2,7 +2,7 @@
 
 ok (or no file) → imports fine; broken → raises on import; slow:S → sleeps S seconds while importing;
 exit → the process exits during import, and a worker forked from an already imported app exits at its
-lifespan startup (so crash loops happen in preload mode too).
+lifespan startup (so crash loops happen in preload mode too); hang → a new worker hangs in its lifespan startup.
 
 GET / answers {"pid", "generation", "version" (the switch file's content at import), "gc_frozen" (objects
 gc.freeze() froze in this process), "notify_socket"}; GET /block blocks the event loop forever; GET /slow?s=S
@@ -43,6 +43,8 @@ async def app(scope, receive, send):
                 message = await receive()
                 if message["type"] == "lifespan.startup" and _current_mode() == "exit":
                     os._exit(7)
+                if message["type"] == "lifespan.startup" and _current_mode() == "hang":
+                    time.sleep(3600)  # a worker that never becomes ready, even when forked from a loader
                 await send({"type": message["type"] + ".complete"})
                 if message["type"] == "lifespan.shutdown":
                     return

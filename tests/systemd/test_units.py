@@ -331,8 +331,9 @@ def _block_all_workers(pool: Pool, stop: threading.Event) -> None:
 def test_every_worker_hung_watchdog_restarts(pool: Pool) -> None:
     activate(pool)
     main = pool.main_pid()
-    # Replacements hang too: they never finish importing the app (boot_timeout is 10 s, WatchdogSec 3 s).
-    pool.set_mode("slow:600")
+    # Replacements hang too: they never finish starting (boot_timeout is 10 s, WatchdogSec 3 s), whether they
+    # import the app (lazy) or are forked from a loader that already did (preload).
+    pool.set_mode("hang")
     stop = threading.Event()
     blockers = [threading.Thread(target=_block_all_workers, args=(pool, stop), daemon=True) for _ in range(2)]
     for t in blockers:
