@@ -171,12 +171,12 @@ class PoolServer(uvicorn.Server):
             acceptor.close()
 
 
-def make_config(app: Any, spec: WorkerSpec, interface: str = "auto") -> uvicorn.Config:
+def make_config(app: Any, spec: WorkerSpec, interface: str = "auto", lifespan: str = "auto") -> uvicorn.Config:
     return uvicorn.Config(
         app,
         interface=interface,  # type: ignore[arg-type]
         http=DrainingHttpToolsProtocol,
-        lifespan="auto",
+        lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
         access_log=spec.access_log,
         timeout_keep_alive=int(spec.keepalive_timeout) or 1,
@@ -246,7 +246,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
         if route.interface == "wsgi":
             app, probe = wsgi.adapt(route.app)
             link.probe = link.probe or probe
-            servers.append((PoolServer(make_config(app, spec, "asgi3"), balancer), route.sockets))
+            servers.append((PoolServer(make_config(app, spec, "asgi3", lifespan="off"), balancer), route.sockets))
         else:
             servers.append((PoolServer(make_config(route.app, spec), balancer), route.sockets))
     with asyncio.Runner(loop_factory=loop_factory()) as runner:

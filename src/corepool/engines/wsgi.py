@@ -80,14 +80,7 @@ class WSGIBridge:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        if scope["type"] != "http":
-            await send({"type": "websocket.close", "code": 1000})
+        if scope["type"] != "http":  # uvicorn runs WSGI routes with lifespan off and no websockets
             return
         loop = asyncio.get_running_loop()
         first = await receive()
