@@ -415,7 +415,8 @@ def write(settings: Settings, elapsed: float | None = None) -> Path:
             "Apps: `bench/apps/basic.py` (`/` hello world, `/json` ~20-key JSON serialised per request, `/wait` a "
             "20 ms `asyncio.sleep` / `time.sleep`). ASGI peers: gunicorn with UvicornWorker (`uvicorn-worker` "
             "package; `uvicorn.workers` is deprecated), `uvicorn --workers` (uvloop, httptools), granian. WSGI peers: "
-            f"gunicorn sync, gunicorn gthread ({GTHREAD_THREADS} threads, as many as corepool's a2wsgi pool), granian. "
+            f"gunicorn sync, gunicorn gthread ({GTHREAD_THREADS} threads, as many as corepool's WSGI thread pool), "
+            "granian. "
             "nginx `return 200` is the ceiling (hello only). wrk timeout 2 s (a request slower than that counts as "
             f"failed). Load average after: {results['throughput'].get('loadavg_after', '?')}.\n\n"
             "![throughput](throughput.png)\n\n" + throughput_detail(results["throughput"]))))

@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import env
 
-GTHREAD_THREADS = 10  # the same as corepool's WSGI thread pool (a2wsgi, 10 threads per worker)
+GTHREAD_THREADS = 10  # the same as corepool's WSGI thread pool (corepool.engines.wsgi.THREADS)
 
 # name -> (interface it serves, one-line description for the report)
 SERVERS: dict[str, tuple[str, str]] = {

@@ -45,9 +45,12 @@ class ControlServer:
         self.handler = handler
         self.sock: socket.socket | None = None
         self._buffers: dict[socket.socket, bytearray] = {}
+        self._created_dirs: list[Path] = []
 
     def open(self) -> None:
         directory = Path(self.path).parent
+        # Directories this pool creates are removed again at exit (when empty), leaving no trace in /run.
+        self._created_dirs = [d for d in (directory, *directory.parents) if not d.exists()]
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             busy = clear_unix_path(self.path)
@@ -85,6 +88,9 @@ class ControlServer:
             self.sock = None
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
+            for directory in self._created_dirs:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
 
     def _accept(self, _mask: int) -> None:
         assert self.sock is not None

@@ -363,3 +363,14 @@ def test_idle_keepalive_connection_survives_a_reload_and_is_closed_politely(pool
     assert json.loads(second.read())["pid"] == old_pid
     assert second.will_close  # answered with Connection: close, then closed: the client never saw a reset
     conn.close()
+
+
+def test_the_control_directory_a_pool_created_is_gone_after_it_stops(pool_factory: Any, tmp_path: Path) -> None:
+    control = tmp_path / "run" / "corepool" / "control.sock"
+    pool = pool_factory("corepool.demo:app", "--control", str(control), workers=1)
+    pool.control = str(control)
+    pool.start()
+    assert control.exists()
+    pool.signal(signal.SIGTERM)
+    assert pool.wait_exit() == 0
+    assert not (tmp_path / "run").exists()
