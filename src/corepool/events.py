@@ -110,6 +110,13 @@ class Tick:
 
 
 @dataclass(frozen=True)
+class PingAll:
+    """Ping every ready worker now (``corepool status`` wants fresh request counts); a ping as any other."""
+
+    now: float
+
+
+@dataclass(frozen=True)
 class ReloadRequested:
     """Roll every worker onto a new generation (SIGUSR2, SIGHUP, ``corepool reload``)."""
 
@@ -146,6 +153,7 @@ Event = (
     | LoaderBootError
     | LoaderExited
     | Tick
+    | PingAll
     | ReloadRequested
     | ScaleRequested
     | StopRequested

@@ -27,6 +27,7 @@ from corepool.events import (
     LoaderForked,
     LoaderReady,
     Ping,
+    PingAll,
     Pong,
     PoolReady,
     ReloadFinished,
@@ -218,6 +219,10 @@ class Policy:
                     self.loaders[generation].boot_error = error
             case LoaderExited(generation, description, now):
                 self._loader_exited(generation, description, now, out)
+            case PingAll(now):
+                for w in self.workers.values():
+                    if w.state is WorkerState.READY and w.kill_reason is None and w.ping_sent_at is None:
+                        w.next_ping_at = now
             case Tick():
                 pass
         self._timers(event.now, out)

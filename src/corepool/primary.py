@@ -28,6 +28,7 @@ from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
 
 _PR_SET_CHILD_SUBREAPER = 36
+STATUS_WAIT = 0.25  # how long `corepool status` waits for fresh pongs before answering with what it has
 
 HANDLED_SIGNALS = (
     signal.SIGCHLD,
@@ -97,6 +98,7 @@ class Primary:
         self.events: collections.deque[events.Event] = collections.deque()
         self.exit_code: int | None = None
         self.waiters = _ReloadWaiters()
+        self.status_waiters: list[tuple[float, set[int], control.Reply]] = []
         self.requests_retired = 0
         self.board = balance.Board()
         self.tracebacks_seen: set[str] = set()
@@ -135,6 +137,9 @@ class Primary:
                     key.data(mask)
                 self.events.append(events.Tick(time.monotonic()))
                 self._heartbeat()
+                if self.status_waiters:
+                    self._drain_events()
+                    self._answer_status_waiters()
         finally:
             self._cleanup()
         return self.exit_code
@@ -530,7 +535,12 @@ class Primary:
     def _control_request(self, req: dict[str, Any], reply: control.Reply) -> None:
         cmd = req.get("cmd")
         if cmd == "status":
-            reply({"ok": True, "status": self.status()})
+            # Request counts travel with pongs: ask every ready worker now, answer when they have (or soon).
+            self.events.append(events.PingAll(time.monotonic()))
+            self._drain_events()
+            waiting = {w.wid for w in self.policy.workers.values() if w.ping_sent_at is not None}
+            self.status_waiters.append((time.monotonic() + STATUS_WAIT, waiting, reply))
+            self._answer_status_waiters()
         elif cmd == "reload":
             if self.policy.phase in (policy.PoolPhase.STOPPING, policy.PoolPhase.EXITED):
                 reply({"ok": False, "reason": "the pool is stopping"})
@@ -550,6 +560,17 @@ class Primary:
                 reply({"ok": bool(last and last.ok), "reason": last.reason if last else "no reload ran"})
         else:
             reply({"ok": False, "error": f"unknown command {cmd!r} (known: status, reload)"})
+
+    def _answer_status_waiters(self) -> None:
+        now = time.monotonic()
+        still: list[tuple[float, set[int], control.Reply]] = []
+        for deadline, waiting, reply in self.status_waiters:
+            pending = {wid for wid in waiting if (w := self.policy.workers.get(wid)) and w.ping_sent_at is not None}
+            if pending and now < deadline:
+                still.append((deadline, pending, reply))
+            else:
+                reply({"ok": True, "status": self.status()})
+        self.status_waiters = still
 
     def _answer_reload_waiters(self, generation: int, ok: bool, reason: str) -> None:
         for reply in self.waiters.by_generation.pop(generation, []):
@@ -581,6 +602,7 @@ class Primary:
 
     def _timeout(self) -> float | None:
         deadlines = [d for d in (self.policy.next_deadline(), self._watchdog_deadline()) if d is not None]
+        deadlines += [deadline for deadline, _, _ in self.status_waiters]
         if not deadlines:
             return None
         return max(0.0, min(deadlines) - time.monotonic())

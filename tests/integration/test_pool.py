@@ -374,3 +374,13 @@ def test_the_control_directory_a_pool_created_is_gone_after_it_stops(pool_factor
     pool.signal(signal.SIGTERM)
     assert pool.wait_exit() == 0
     assert not (tmp_path / "run").exists()
+
+
+def test_status_reports_fresh_request_counts(pool_factory: Any) -> None:
+    pool = pool_factory("corepool.demo:app", workers=2).start()  # health_interval stays at 10 s
+    for _ in range(7):
+        get_json(pool.port)
+    status = pool.status()
+    assert status["requests"] == 7
+    assert sum(w["requests"] for w in status["workers"]) == 7
+    assert all(w["last_pong_ago"] is not None for w in status["workers"])

@@ -300,3 +300,12 @@ def test_healthy_needs_a_recent_pong_from_a_ready_worker() -> None:
 def test_workers_wanted_must_be_positive() -> None:
     with pytest.raises(ValueError):
         Policy(workers_wanted=0)
+
+
+def test_ping_all_pings_every_ready_worker_at_once() -> None:
+    h = Harness(workers=2, health_interval=10)
+    h.start()
+    h.ready_all()
+    pings = kinds(h.feed(ev.PingAll(1.0)), ev.Ping)
+    assert sorted(p.wid for p in pings) == sorted(h.ready())
+    assert not kinds(h.feed(ev.PingAll(1.1)), ev.Ping), "no second ping while one is outstanding"

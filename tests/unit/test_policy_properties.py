@@ -135,6 +135,10 @@ class PoolMachine(RuleBasedStateMachine):
         self.step(ev.Tick(self.now))
 
     @rule()
+    def status_asks_for_fresh_pongs(self) -> None:
+        self.step(ev.PingAll(self.now))
+
+    @rule()
     def reload(self) -> None:
         self.step(ev.ReloadRequested(self.now))
 
