@@ -274,12 +274,6 @@ class Policy:
                 return True
         return False
 
-    def wid_of_pid(self, pid: int) -> int | None:
-        for w in self.workers.values():
-            if w.pid == pid:
-                return w.wid
-        return None
-
     # ----------------------------------------------------------------------------------------- handlers
 
     def _start(self, now: float, out: list[Action]) -> None:

@@ -42,11 +42,6 @@ HANDLED_SIGNALS = (
 )
 
 
-@dataclass
-class _Channel:
-    wid: int
-    sock: socket.socket
-
 
 @dataclass
 class _ReloadWaiters:
@@ -90,9 +85,9 @@ class Primary:
         )
         self.selector = selectors.DefaultSelector()
         self.control = control.ControlServer(s.control_path(), self.selector, self._control_request)
-        self.channels: dict[int, _Channel] = {}
+        self.channels: dict[int, socket.socket] = {}  # wid -> the primary's end of its channel
         self.pids: dict[int, int] = {}  # pid -> wid
-        self.loader_channels: dict[int, _Channel] = {}  # generation -> channel
+        self.loader_channels: dict[int, socket.socket] = {}  # generation -> channel
         self.loader_pids: dict[int, int] = {}  # pid -> generation
         self.unclaimed_exits: dict[int, int] = {}  # pid -> wait status, for workers not yet named by a loader
         self.events: collections.deque[events.Event] = collections.deque()
@@ -155,8 +150,8 @@ class Primary:
     def _cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
         self.control.close()
-        for ch in [*self.channels.values(), *self.loader_channels.values()]:
-            ch.sock.close()
+        for sock in [*self.channels.values(), *self.loader_channels.values()]:
+            sock.close()
         for listener in self.listeners:
             listener.close()
         self.selector.close()
@@ -232,7 +227,7 @@ class Primary:
                 return
             generation = self.loader_pids.pop(pid, None)
             if generation is not None:
-                self._close_loader(generation)
+                self._close_channel(self.loader_channels, generation)
                 self.events.append(events.LoaderExited(generation, describe_status(status)[0], now))
             elif pid in self.pids:
                 self._worker_exited(pid, status, now)
@@ -247,7 +242,7 @@ class Primary:
         if w is not None:
             self.requests_retired += w.requests
             self.board.set(balance.cell_of(w.slot, w.generation), None)
-        self._close_channel(wid)
+        self._close_channel(self.channels, wid)
         self.events.append(events.WorkerExited(wid, description, clean, now))
 
     # -------------------------------------------------------------------------------------- the policy
@@ -278,9 +273,9 @@ class Primary:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signum)
             case events.Ping(wid, seq):
-                ch = self.channels.get(wid)
-                if ch is not None:
-                    channel.send(ch.sock, channel.encode("ping", seq=seq))
+                sock = self.channels.get(wid)
+                if sock is not None:
+                    channel.send(sock, channel.encode("ping", seq=seq))
             case events.Report(event, message, wid, warning):
                 self._report(event, message, wid, warning)
             case events.PoolReady():
@@ -340,7 +335,7 @@ class Primary:
         """Fork a child that closes the primary's private descriptors, runs ``run`` and exits with its result."""
         private: list[socket.socket | selectors.BaseSelector] = [
             self.selector, self._wake_r, self._wake_w, *also_close,
-            *(c.sock for c in self.channels.values()), *(c.sock for c in self.loader_channels.values()),
+            *self.channels.values(), *self.loader_channels.values(),
         ]
         control_fds = self.control.fds()
         pid = os.fork()
@@ -366,13 +361,12 @@ class Primary:
         return [(listener.name, listener.sock) for listener in self.listeners]
 
     def _spawn(self, wid: int, slot: int, generation: int) -> None:
-        spec = self._spec(slot, generation)
         primary_end, worker_end = channel.pair()
         now = time.monotonic()
         if self.policy.preload:
             loader_channel = self.loader_channels.get(generation)
             request = channel.encode("fork", wid=wid, slot=slot)
-            sent = loader_channel is not None and _send_fd(loader_channel.sock, request, worker_end.fileno())
+            sent = loader_channel is not None and _send_fd(loader_channel, request, worker_end.fileno())
             worker_end.close()
             if not sent:
                 primary_end.close()
@@ -380,6 +374,7 @@ class Primary:
                 return
             self._add_channel(wid, primary_end)
             return  # the pid arrives with the loader's "forked"
+        spec = self._spec(slot, generation)
         try:
             pid = self._fork(lambda: worker.run(spec, worker_end, self._named_listeners()), [primary_end])
         except OSError as exc:
@@ -392,7 +387,7 @@ class Primary:
         self._worker_forked(wid, pid, now)
 
     def _add_channel(self, wid: int, sock: socket.socket) -> None:
-        self.channels[wid] = _Channel(wid, sock)
+        self.channels[wid] = sock
         self.selector.register(sock, selectors.EVENT_READ, lambda _m, w=wid: self._on_channel(w))
 
     def _worker_forked(self, wid: int, pid: int, now: float) -> None:
@@ -421,17 +416,17 @@ class Primary:
             return
         loader_end.close()
         self.loader_pids[pid] = generation
-        self.loader_channels[generation] = _Channel(generation, primary_end)
+        self.loader_channels[generation] = primary_end
         self.selector.register(primary_end, selectors.EVENT_READ, lambda _m, g=generation: self._on_loader(g))
         self.events.append(events.LoaderForked(generation, pid, now))
         log.event("loader", f"loader {pid} spawned for generation {generation}", generation=generation)
 
     def _on_loader(self, generation: int) -> None:
-        ch = self.loader_channels.get(generation)
-        if ch is None:
+        sock = self.loader_channels.get(generation)
+        if sock is None:
             return
         now = time.monotonic()
-        for message in self._receive(ch.sock, f"the loader of generation {generation}"):
+        for message in self._receive(sock, f"the loader of generation {generation}"):
             kind = message["t"]
             if kind == "ready":
                 self.events.append(events.LoaderReady(generation, now))
@@ -443,29 +438,23 @@ class Primary:
                 if pid > 0:
                     self._worker_forked(wid, pid, now)
                 else:
-                    self._close_channel(wid)
+                    self._close_channel(self.channels, wid)
                     self.events.append(events.WorkerExited(wid, "the loader could not fork it", False, now))
 
-    def _close_loader(self, generation: int) -> None:
-        ch = self.loader_channels.pop(generation, None)
-        if ch is not None:
+    def _close_channel(self, table: dict[int, socket.socket], key: int) -> None:
+        """Forget and close a worker's (or a loader's) channel."""
+        sock = table.pop(key, None)
+        if sock is not None:
             with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(ch.sock)
-            ch.sock.close()
-
-    def _close_channel(self, wid: int) -> None:
-        ch = self.channels.pop(wid, None)
-        if ch is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(ch.sock)
-            ch.sock.close()
+                self.selector.unregister(sock)
+            sock.close()
 
     def _on_channel(self, wid: int) -> None:
-        ch = self.channels.get(wid)
-        if ch is None:
+        sock = self.channels.get(wid)
+        if sock is None:
             return
         now = time.monotonic()
-        for message in self._receive(ch.sock, f"worker {self._pid(wid)}"):
+        for message in self._receive(sock, f"worker {self._pid(wid)}"):
             self._on_message(wid, message, now)
 
     def _receive(self, sock: socket.socket, sender: str) -> list[dict[str, Any]]:
@@ -522,11 +511,11 @@ class Primary:
             log.event("broadcast", "dropped a broadcast without a string topic", warning=True)
             return
         payload = channel.encode("message", topic=topic, data=message.get("data"), sender=self._pid(sender))
-        for wid, ch in self.channels.items():
+        for wid, sock in self.channels.items():
             w = self.policy.workers.get(wid)
             if wid == sender or w is None or w.state is WorkerState.DRAINING:
                 continue
-            if not channel.send(ch.sock, payload):
+            if not channel.send(sock, payload):
                 log.event("broadcast", f"worker {w.pid} is not reading its channel: {topic!r} dropped for it",
                           warning=True)
 

@@ -6,7 +6,6 @@ README's table all come from that declaration.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import tomllib
@@ -248,8 +247,3 @@ def load(config_path: str | None = None, flags: Mapping[str, Any] | None = None)
 
 APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 SOCKET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def as_dict(settings: Settings) -> dict[str, Any]:
-    """The settings as plain data (for ``corepool check`` and ``status --json``)."""
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(settings).items()}

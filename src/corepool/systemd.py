@@ -109,9 +109,6 @@ class Notifier:
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
 
-    def watchdog_trigger(self, reason: str) -> None:
-        self.send("WATCHDOG=trigger", f"STATUS=watchdog: {reason}")
-
     @property
     def watchdog_interval(self) -> float | None:
         """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None without a watchdog."""
