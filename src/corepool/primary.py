@@ -322,13 +322,14 @@ class Primary:
             slot=slot,
             generation=generation,
             primary_pid=os.getpid(),
-            access_log=s.access_log,
-            keepalive_timeout=s.keepalive_timeout,
             drain_timeout=max(0.1, s.graceful_timeout * 0.9),
             max_message_bytes=s.max_message_bytes,
             log_level=s.log_level,
             routes=s.routes,
             board=self.board,
+            http=settings.HttpOptions.of(s),
+            post_fork=s.post_fork,
+            worker_exit=s.worker_exit,
         )
 
     def _fork(self, run: Callable[[], int], also_close: list[socket.socket]) -> int:

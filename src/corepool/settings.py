@@ -6,6 +6,7 @@ README's table all come from that declaration.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -69,7 +70,45 @@ FIELDS: tuple[Field, ...] = (
     Field("max_message_bytes", int, "largest broadcast payload, in bytes", minimum=16),
     Field("backlog", int, "listen backlog of the sockets corepool binds", minimum=1),
     Field("access_log", bool, "log every request (costs throughput)"),
+    Field("access_log_format", str, "access log line, in gunicorn's atoms: %(h)s %(r)s %(s)s %(b)s %(M)s ..."),
     Field("log_level", str, "debug, info, warning or error", choices=LOG_LEVELS),
+    # Crash policy, liveness and recycling.
+    Field("threads", int, "WSGI app threads per worker", minimum=1),
+    Field("request_timeout", float, "seconds a request may run before its worker is retired (0: off)",
+          minimum=0.0),
+    Field("max_spawn_rate", float, "most workers forked per second across the pool (a pool with no ready "
+          "worker is exempt)", minimum=0.1),
+    Field("max_requests", int, "retire a worker after this many requests (0: never)", minimum=0),
+    Field("max_requests_jitter", int, "add up to this many requests to max_requests, per worker", minimum=0),
+    Field("max_rss", float, "retire a worker whose resident memory stays above this many MiB (0: never)",
+          minimum=0.0),
+    Field("max_lifetime", float, "retire a worker after this many seconds (0: never)", minimum=0.0),
+    # Lifecycle hooks, as module:callable.
+    Field("post_fork", str, "module:callable run in each new worker before it serves (hook(slot, generation))"),
+    Field("worker_exit", str, "module:callable run in a worker as it exits (hook(slot, generation))"),
+    Field("when_ready", str, "module:callable run in the primary when the pool is first ready (hook(status))"),
+    Field("on_reload", str, "module:callable run in the primary when a reload starts (hook(generation))"),
+    # HTTP front line.
+    Field("max_header_bytes", int, "largest request head (request line and headers), in bytes; 431 beyond",
+          minimum=1024),
+    Field("header_timeout", float, "seconds a client has to send the whole request head (408 after)",
+          minimum=0.1),
+    Field("body_timeout", float, "seconds a request body may stay silent before the connection is closed",
+          minimum=0.1),
+    Field("max_body_bytes", int, "largest request body, in bytes; 413 beyond (0: no limit)", minimum=0),
+    Field("max_connections", int, "open connections per worker; 503 beyond", minimum=1),
+    Field("ws", str, "WebSocket implementation: auto, websockets, wsproto or none",
+          choices=("auto", "websockets", "wsproto", "none")),
+    Field("ws_ping_interval", float, "seconds between WebSocket pings (0: none)", minimum=0.0),
+    Field("ws_ping_timeout", float, "seconds to wait for a WebSocket pong", minimum=0.1),
+    Field("ws_max_size", int, "largest WebSocket message, in bytes", minimum=1),
+    Field("proxy_headers", bool, "trust X-Forwarded-For/-Proto from forwarded_allow_ips"),
+    Field("forwarded_allow_ips", str, "comma-separated proxy addresses or networks to trust, or *; peers on "
+          "unix sockets are always trusted"),
+    Field("root_path", str, "the prefix the app is mounted under behind a proxy (ASGI root_path, WSGI SCRIPT_NAME)"),
+    Field("server_header", bool, "send a Server: header"),
+    Field("date_header", bool, "send a Date: header"),
+    Field("reload", bool, "development: roll the pool when a .py file under app_dir changes"),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -96,7 +135,34 @@ class Settings:
     max_message_bytes: int = 64 * 1024
     backlog: int = 2048
     access_log: bool = False
+    access_log_format: str = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
     log_level: str = "info"
+    threads: int = 64
+    request_timeout: float = 30.0
+    max_spawn_rate: float = 20.0
+    max_requests: int = 0
+    max_requests_jitter: int = 0
+    max_rss: float = 0.0
+    max_lifetime: float = 0.0
+    post_fork: str | None = None
+    worker_exit: str | None = None
+    when_ready: str | None = None
+    on_reload: str | None = None
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    max_body_bytes: int = 100 * 1024 * 1024
+    max_connections: int = 1000
+    ws: str = "auto"
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_max_size: int = 16 * 1024 * 1024
+    proxy_headers: bool = True
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    root_path: str = ""
+    server_header: bool = True
+    date_header: bool = True
+    reload: bool = False
     config_path: str | None = None
 
     def control_path(self) -> str:
@@ -104,6 +170,34 @@ class Settings:
         if self.control:
             return self.control
         return str(runtime_dir(self.name) / "control.sock")
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """What a worker's HTTP engine needs from the settings (a worker never sees the whole file)."""
+
+    threads: int = 64
+    keepalive_timeout: float = 5.0
+    access_log: bool = False
+    access_log_format: str = Settings.access_log_format
+    max_header_bytes: int = 32 * 1024
+    header_timeout: float = 30.0
+    body_timeout: float = 60.0
+    max_body_bytes: int = 100 * 1024 * 1024
+    max_connections: int = 1000
+    ws: str = "auto"
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_max_size: int = 16 * 1024 * 1024
+    proxy_headers: bool = True
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    root_path: str = ""
+    server_header: bool = True
+    date_header: bool = True
+
+    @classmethod
+    def of(cls, s: Settings) -> HttpOptions:
+        return cls(**{f.name: getattr(s, f.name) for f in dataclasses.fields(cls)})
 
 
 def runtime_dir(name: str) -> Path:
@@ -240,10 +334,14 @@ def load(config_path: str | None = None, flags: Mapping[str, Any] | None = None)
     app = values.get("app")
     if app is not None and not APP_SPEC.fullmatch(app):
         raise SettingsError(f"app: {app!r} is not module:attribute (for example myapp:app or corepool.demo:app)")
+    for hook in HOOKS:
+        if values.get(hook) is not None and not APP_SPEC.fullmatch(values[hook]):
+            raise SettingsError(f"{hook}: {values[hook]!r} is not module:callable (for example myhooks:{hook})")
     if values.get("routes") and values.get("interface") == "raw":
         raise SettingsError("routes: a raw handler owns its sockets; remove routes or use interface asgi/wsgi/auto")
     return Settings(config_path=config_path, **values)
 
 
+HOOKS = ("post_fork", "worker_exit", "when_ready", "on_reload")
 APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 SOCKET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

@@ -12,11 +12,12 @@ import signal
 import socket
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from corepool import apps, bus, channel, log
 from corepool.balance import Board
+from corepool.settings import HttpOptions
 from corepool.systemd import PRIMARY_ONLY_VARIABLES
 
 if TYPE_CHECKING:
@@ -41,13 +42,14 @@ class WorkerSpec:
     slot: int
     generation: int
     primary_pid: int
-    access_log: bool = False
-    keepalive_timeout: float = 5.0
     drain_timeout: float = 27.0
     max_message_bytes: int = channel.DEFAULT_MAX_MESSAGE
     log_level: str = "info"
     routes: tuple[tuple[str, str], ...] = ()  # (socket name, module:attribute) served instead of ``app``
     board: Board | None = None  # the pool's shared connection counts (see corepool.balance)
+    http: HttpOptions = field(default_factory=HttpOptions)
+    post_fork: str | None = None  # hooks, as module:callable
+    worker_exit: str | None = None
 
 
 class WorkerLink:
@@ -60,9 +62,9 @@ class WorkerLink:
     def __init__(self, sock: socket.socket, max_message_bytes: int) -> None:
         self.sock = sock
         self.max_message_bytes = max_message_bytes
-        self.requests: Callable[[], int] = lambda: 0
-        # For engines that run the app on threads: run ``callback`` there before the pong, so a wedged pool fails.
-        self.probe: Callable[[Callable[[], None]], None] | None = None
+        # What the pong reports: requests served, in-flight requests and the oldest one, busy threads...
+        # Answered by the serving loop itself: a busy app thread pool is not a dead worker.
+        self.stats: Callable[[], dict[str, Any]] = lambda: {"requests": 0}
         self.on_primary_gone: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -104,18 +106,9 @@ class WorkerLink:
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["t"]
         if kind == "ping":
-            seq = message.get("seq")
-            if self.probe is None:
-                self.send("pong", seq=seq, requests=self.requests())
-            else:
-                self.probe(lambda: self._pong_threadsafe(seq))
+            self.send("pong", seq=message.get("seq"), **self.stats())
         elif kind == "message":
             self._deliver(str(message.get("topic")), message.get("data"))
-
-    def _pong_threadsafe(self, seq: Any) -> None:
-        loop = self._loop
-        if loop is not None:
-            loop.call_soon_threadsafe(lambda: self.send("pong", seq=seq, requests=self.requests()))
 
     def _deliver(self, topic: str, data: Any) -> None:
         for handler in bus.handlers_for(topic):
@@ -175,7 +168,7 @@ def _become_worker(spec: WorkerSpec) -> None:
     uvicorn_logger.setLevel(logging.DEBUG if spec.log_level == "debug" else logging.WARNING)
     uvicorn_logger.propagate = False
     access = logging.getLogger("uvicorn.access")
-    access.setLevel(logging.INFO if spec.access_log else logging.WARNING)
+    access.setLevel(logging.INFO if spec.http.access_log else logging.WARNING)
 
 
 def run(spec: WorkerSpec, sock: socket.socket, listeners: list[tuple[str, socket.socket]]) -> int:

@@ -26,7 +26,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corepool import log
 from corepool.balance import PAUSE, Board, cell_of
-from corepool.engines import Route
+from corepool.engines import Route, tracking
 from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
 
@@ -178,8 +178,8 @@ def make_config(app: Any, spec: WorkerSpec, interface: str = "auto", lifespan: s
         http=DrainingHttpToolsProtocol,
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
-        access_log=spec.access_log,
-        timeout_keep_alive=int(spec.keepalive_timeout) or 1,
+        access_log=spec.http.access_log,
+        timeout_keep_alive=int(spec.http.keepalive_timeout) or 1,
         timeout_graceful_shutdown=max(1, int(spec.drain_timeout)),
         ws="none",
     )
@@ -194,7 +194,9 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
     return factory
 
 
-async def _serve_all(servers: list[tuple[PoolServer, list[socket.socket]]], link: WorkerLink) -> int:
+async def _serve_all(
+    servers: list[tuple[PoolServer, list[socket.socket]]], link: WorkerLink, stats: Callable[[], dict[str, Any]]
+) -> int:
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(server.serve(sockets=sockets)) for server, sockets in servers]
     all_up = asyncio.ensure_future(_wait_all([server.up for server, _ in servers]))  # noqa: RUF006 (awaited below)
@@ -222,7 +224,7 @@ async def _serve_all(servers: list[tuple[PoolServer, list[socket.socket]]], link
     balancer = servers[0][0].balancer
     balancer.accepting = True
     balancer.publish()
-    link.requests = lambda: sum(server.server_state.total_requests for server, _ in servers)
+    link.stats = stats
     link.on_primary_gone = drain
     link.attach(loop)
     link.send("ready")
@@ -241,13 +243,36 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
 
     balancer = Balancer(spec.board, cell_of(spec.slot, spec.generation))
     DrainingHttpToolsProtocol.balancer = balancer
+    tracking.silence_uvicorn_app_errors()
     servers = []
+    trackers: list[tracking.RequestTracker] = []
+    bridges: list[wsgi.WSGIBridge] = []
     for route in routes:
         if route.interface == "wsgi":
-            app, probe = wsgi.adapt(route.app)
-            link.probe = link.probe or probe
-            servers.append((PoolServer(make_config(app, spec, "asgi3", lifespan="off"), balancer), route.sockets))
+            bridge = wsgi.adapt(route.app, spec.http)
+            bridges.append(bridge)
+            config = make_config(bridge, spec, "asgi3", lifespan="off")
         else:
-            servers.append((PoolServer(make_config(route.app, spec), balancer), route.sockets))
+            config = make_config(route.app, spec)
+        config.load()
+        # Outermost, so it sees every request and every exception the app (or a WSGI bridge) lets through.
+        tracker = tracking.RequestTracker(config.loaded_app)
+        config.loaded_app = tracker
+        trackers.append(tracker)
+        servers.append((PoolServer(config, balancer), route.sockets))
+
+    def stats() -> dict[str, Any]:
+        """What a pong tells the primary about this worker."""
+        oldest = max((o for t in trackers if (o := t.oldest()) is not None), default=None)
+        return {
+            "requests": sum(t.total for t in trackers),
+            "inflight": sum(len(t.inflight) for t in trackers),
+            "oldest": None if oldest is None else [round(oldest[0], 3), oldest[1]],
+            "websockets": sum(t.websockets for t in trackers),
+            "connections": balancer.open_connections(),
+            "threads": sum(b.threads for b in bridges),
+            "busy_threads": sum(b.busy for b in bridges),
+        }
+
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_serve_all(servers, link))
+        return runner.run(_serve_all(servers, link, stats))

@@ -23,10 +23,11 @@ from typing import Any, cast
 
 from a2wsgi.wsgi import Body, build_environ
 
-THREADS = 10
+from corepool.settings import HttpOptions
+
+THREADS = HttpOptions.threads
 BUFFER_LIMIT = 256 * 1024  # a response larger than this is streamed instead of buffered
 
-Probe = Callable[[Callable[[], None]], None]
 Send = Callable[[dict[str, Any]], Any]
 
 
@@ -77,6 +78,8 @@ class WSGIBridge:
 
     def __init__(self, app: Any, threads: int = THREADS) -> None:
         self.app = app
+        self.threads = threads
+        self.busy = 0  # app calls running on a thread now (only changed on the event loop)
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
@@ -93,7 +96,11 @@ class WSGIBridge:
         environ = cast(dict[str, Any], build_environ(scope, wsgi_input))  # type: ignore[arg-type]
         response = _Response(loop, send)
         context = contextvars.copy_context()
-        await loop.run_in_executor(self.executor, lambda: context.run(self._call, environ, response))
+        self.busy += 1
+        try:
+            await loop.run_in_executor(self.executor, lambda: context.run(self._call, environ, response))
+        finally:
+            self.busy -= 1
         if not response.streaming:
             assert response.start is not None
             await send(response.start)
@@ -116,12 +123,7 @@ class WSGIBridge:
             if close is not None:
                 close()
 
-    def probe(self, then: Callable[[], None]) -> None:
-        """Run ``then`` on the app's thread pool: it runs only if a thread is free to serve."""
-        self.executor.submit(then)
 
-
-def adapt(app: Any) -> tuple[Any, Probe]:
-    """The WSGI app as an ASGI app, and a probe that runs a callback on the app's thread pool."""
-    bridge = WSGIBridge(app)
-    return bridge, bridge.probe
+def adapt(app: Any, options: HttpOptions) -> WSGIBridge:
+    """The WSGI app as an ASGI app running it on ``options.threads`` threads."""
+    return WSGIBridge(app, options.threads)

@@ -1,0 +1,80 @@
+"""What a worker knows about its own requests: an ASGI middleware around every HTTP route.
+
+It counts finished requests, remembers when each in-flight request started (so the primary can retire a worker
+whose request outlives ``request_timeout``, naming that request), and logs every unhandled app exception once,
+with its type and traceback, from the worker that saw it. WebSocket sessions are counted as connections, not
+as requests: they are meant to stay open.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from corepool import log
+
+# uvicorn logs an app's exception too, as one line without the traceback; the tracker's line replaces it.
+_UVICORN_APP_ERRORS = ("Exception in ASGI application", "Exception in ASGI application\n")
+
+
+class _DropUvicornAppErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg not in _UVICORN_APP_ERRORS
+
+
+def silence_uvicorn_app_errors() -> None:
+    """Keep uvicorn from logging an app exception a second time (the tracker logged it with its traceback)."""
+    logging.getLogger("uvicorn.error").addFilter(_DropUvicornAppErrors())
+
+
+class RequestTracker:
+    """ASGI middleware: request counts, in-flight start times, and unhandled exceptions logged once."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.total = 0
+        self.websockets = 0
+        self.inflight: dict[int, tuple[float, str]] = {}  # key -> (monotonic start, "METHOD /path")
+        self._keys = itertools.count()
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        kind = scope.get("type")
+        if kind == "websocket":
+            self.websockets += 1
+            try:
+                await self._run(scope, receive, send, f"WEBSOCKET {scope.get('path', '')}")
+            finally:
+                self.websockets -= 1
+            return
+        if kind != "http":
+            await self.app(scope, receive, send)
+            return
+        key = next(self._keys)
+        label = f"{scope.get('method', '?')} {scope.get('path', '')}"
+        self.inflight[key] = (time.monotonic(), label)
+        try:
+            await self._run(scope, receive, send, label)
+        finally:
+            del self.inflight[key]
+            self.total += 1
+
+    async def _run(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any],
+                   label: str) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            detail = "".join(traceback.format_exception(exc)).rstrip()
+            log.event("app_error", f"{label} raised {type(exc).__name__}: {exc}\n{detail}", warning=True,
+                      request_path=scope.get("path", ""), request_method=scope.get("method"))
+            raise
+
+    def oldest(self, now: float | None = None) -> tuple[float, str] | None:
+        """(seconds running, "METHOD /path") of the longest-running request, or None when idle."""
+        if not self.inflight:
+            return None
+        start, label = min(self.inflight.values())
+        return (time.monotonic() if now is None else now) - start, label
