@@ -9,6 +9,7 @@ environment first (:data:`PRIMARY_ONLY_VARIABLES`); the primary keeps them, beca
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, MutableMapping
@@ -64,14 +65,25 @@ class Notifier:
                 self._send = _sdnotify_sender()
                 self.backend = "sdnotify" if self._send else "none"
         self._last_status = ""
+        self._failed = False
 
     @property
     def enabled(self) -> bool:
         return self._send is not None
 
     def send(self, *fields: str, fds: list[int] | None = None) -> None:
-        if self._send is not None:
+        """Send one notification; a failure (systemd gone, socket removed) is logged once and survived."""
+        if self._send is None:
+            return
+        try:
             self._send("\n".join(fields), fds)
+        except Exception as exc:  # the primary must never die of its own reporting
+            if not self._failed:
+                self._failed = True
+                logging.getLogger("corepool").warning("sd_notify to %s failed: %s (further failures are not logged)",
+                                                      self.socket, exc)
+        else:
+            self._failed = False
 
     @property
     def can_store_fds(self) -> bool:

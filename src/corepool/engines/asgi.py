@@ -180,7 +180,9 @@ def make_config(app: Any, spec: WorkerSpec, interface: str = "auto", lifespan: s
         log_config=None,
         access_log=spec.http.access_log,
         timeout_keep_alive=int(spec.http.keepalive_timeout) or 1,
-        timeout_graceful_shutdown=max(1, int(spec.drain_timeout)),
+        # None: uvicorn never cancels a request itself; one still running at graceful_timeout ends with a
+        # SIGKILL from the primary (the client sees a dropped connection, not a made-up 500).
+        timeout_graceful_shutdown=None,
         ws="none",
     )
 
