@@ -1,12 +1,14 @@
 """ASGI on uvicorn's server (httptools parser, uvloop loop), serving sockets the worker inherited.
 
-Three changes to uvicorn's behaviour:
+Changes to uvicorn's behaviour:
 
 * uvicorn's signal handling is replaced by the worker's own: SIGTERM starts a drain.
-* During a drain uvicorn closes idle keep-alive connections at once, racing with a request the client may be
-  sending on them at that moment (it then sees a reset). :class:`DrainingHttpToolsProtocol` instead keeps an
-  idle connection open (its keep-alive timer stopped) and answers its next request with ``Connection: close``;
-  connections that stay idle are closed at the end of the drain (``graceful_timeout``).
+* The HTTP protocol is :class:`corepool.engines.httpfront.FrontLineProtocol`: header, body and connection
+  limits and timeouts, and a drain that never closes a connection under a client's request (uvicorn closes idle
+  keep-alive connections at once, racing with a request the client may be sending): an idle connection may
+  carry one more request, answered with ``Connection: close``, for ``keepalive_timeout``, then it is closed.
+* WebSockets (ASGI routes) run on uvicorn's implementations, closed with 1001 on drain
+  (:mod:`corepool.engines.websocket`); proxy headers and the access log are :mod:`corepool.engines.front`.
 * Connections are accepted by :class:`Acceptor`, one per wake-up, pausing while this worker holds more than
   its share of the pool's connections (:mod:`corepool.balance`), instead of by asyncio's server, which takes
   a whole burst in whichever worker wakes first.
@@ -16,17 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corepool import log
 from corepool.balance import PAUSE, Board, cell_of
-from corepool.engines import Route, tracking
+from corepool.engines import Route, front, tracking, websocket
+from corepool.engines.httpfront import FrontLineProtocol
 from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
 
@@ -52,37 +55,6 @@ class Balancer:
         self.accepting = False
         if self.board is not None:
             self.board.set(self.cell, None)
-
-
-class DrainingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a drain that never closes a connection under a client's request."""
-
-    draining = False
-    balancer: Balancer | None = None  # one per worker process
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        if self.balancer is not None:
-            self.balancer.publish()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self.balancer is not None:
-            self.balancer.publish()
-
-    def shutdown(self) -> None:
-        self.draining = True
-        if self.cycle is None or self.cycle.response_complete:
-            # Idle: its next request gets Connection: close (see on_headers_complete). Until then it stays open
-            # for the rest of the drain, not just the keep-alive timeout, so no client request races a close.
-            self._unset_keepalive_if_required()
-            return
-        self.cycle.keep_alive = False
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        if self.draining and self.cycle is not None:
-            self.cycle.keep_alive = False
 
 
 class Acceptor:
@@ -172,18 +144,25 @@ class PoolServer(uvicorn.Server):
 
 
 def make_config(app: Any, spec: WorkerSpec, interface: str = "auto", lifespan: str = "auto") -> uvicorn.Config:
+    options = spec.http
+    ws = websocket.protocol_class(options.ws) if lifespan != "off" else None  # WSGI routes: HTTP only
     return uvicorn.Config(
         app,
         interface=interface,  # type: ignore[arg-type]
-        http=DrainingHttpToolsProtocol,
+        http=FrontLineProtocol,
+        ws=ws or "none",
+        ws_max_size=options.ws_max_size,
+        ws_ping_interval=options.ws_ping_interval or None,
+        ws_ping_timeout=options.ws_ping_timeout,
         lifespan=lifespan,  # type: ignore[arg-type]
         log_config=None,
-        access_log=spec.http.access_log,
-        timeout_keep_alive=int(spec.http.keepalive_timeout) or 1,
-        # None: uvicorn never cancels a request itself; one still running at graceful_timeout ends with a
-        # SIGKILL from the primary (the client sees a dropped connection, not a made-up 500).
-        timeout_graceful_shutdown=None,
-        ws="none",
+        access_log=False,  # corepool's own access log (front.AccessLog), in gunicorn's atoms
+        timeout_keep_alive=int(options.keepalive_timeout) or 1,
+        timeout_graceful_shutdown=max(1, int(spec.drain_timeout)),
+        proxy_headers=False,  # front.ProxyHeaders, which also trusts unix-socket peers
+        root_path=options.root_path,
+        server_header=options.server_header,
+        date_header=options.date_header,
     )
 
 
@@ -220,6 +199,11 @@ async def _serve_all(
             # only once no retired worker can take a new connection.
             server.stop_accepting()
             server.should_exit = True
+            # Mark every HTTP connection as draining now, not at uvicorn's next tick: a request that arrives
+            # after the primary heard "draining" must be answered with Connection: close.
+            for connection in list(server.server_state.connections):
+                if isinstance(connection, FrontLineProtocol):
+                    connection.shutdown()
         link.send("draining")
 
     loop.add_signal_handler(signal.SIGTERM, drain)
@@ -231,6 +215,7 @@ async def _serve_all(
     link.attach(loop)
     link.send("ready")
     await asyncio.gather(*tasks)
+    link.send("pong", seq=None, **stats())  # the requests served since the last ping count too
     return EXIT_OK
 
 
@@ -244,7 +229,9 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
     from corepool.engines import wsgi
 
     balancer = Balancer(spec.board, cell_of(spec.slot, spec.generation))
-    DrainingHttpToolsProtocol.balancer = balancer
+    FrontLineProtocol.balancer = balancer
+    FrontLineProtocol.options = spec.http
+    log.bind(worker_pid=os.getpid(), generation=spec.generation, slot=spec.slot)
     tracking.silence_uvicorn_app_errors()
     servers = []
     trackers: list[tracking.RequestTracker] = []
@@ -257,6 +244,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
         else:
             config = make_config(route.app, spec)
         config.load()
+        config.loaded_app = front.wrap(config.loaded_app, spec.http)
         # Outermost, so it sees every request and every exception the app (or a WSGI bridge) lets through.
         tracker = tracking.RequestTracker(config.loaded_app)
         config.loaded_app = tracker
@@ -276,5 +264,18 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
             "busy_threads": sum(b.busy for b in bridges),
         }
 
+    def on_request_limit(limit: int) -> None:
+        """max_requests: report once on reaching ``limit``, so the primary can start the replacement."""
+
+        def check() -> None:
+            if sum(t.total for t in trackers) >= limit:
+                for t in trackers:
+                    t.after_request = None
+                link.send("pong", seq=None, **stats())
+
+        for t in trackers:
+            t.after_request = check
+
+    link.on_request_limit = on_request_limit
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_serve_all(servers, link, stats))

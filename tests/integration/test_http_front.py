@@ -1,0 +1,323 @@
+"""The HTTP front line on a real pool: limits, timeouts, prompt stops, errors, and what gunicorn users expect."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tests.support import get_json
+
+APPS = {"asgi": "http_asgi:app", "wsgi": "http_wsgi:app"}
+
+
+@pytest.fixture
+def mode() -> str:
+    """The front line is the same in both pool modes: these tests run in preload mode only."""
+    return "preload"
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def app(request: pytest.FixtureRequest) -> str:
+    return APPS[str(request.param)]
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_until_closed(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    """Everything the server sends until it closes the connection (a reset counts as a close)."""
+    data = b""
+    try:
+        while len(data) < limit:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except ConnectionResetError:
+        pass
+    return data
+
+
+def request(port: int, method: str = "GET", path: str = "/", body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+# 3. Limits and timeouts.
+
+
+def test_a_request_head_over_max_header_bytes_gets_431_and_close(pool_factory: Any, app: str) -> None:
+    pool = pool_factory(app, "--max-header-bytes", "4096", workers=1).start()
+    with connect(pool.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"connection: close" in answer.lower()
+    status, _, _ = request(pool.port, headers={"X-Small": "a" * 3000})  # under the limit: served
+    assert status == 200
+
+
+def test_a_huge_header_is_refused_as_it_arrives_and_the_worker_keeps_serving(pool_factory: Any) -> None:
+    pool = pool_factory(APPS["wsgi"], workers=1).start()
+    before = pool.pids()
+    sent = 0
+    block = b"a" * 65536
+    with connect(pool.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Huge: ")
+        try:
+            while sent < 256 * 1024 * 1024:
+                sock.sendall(block)
+                sent += len(block)
+        except OSError:  # the server closed the connection while we were still sending
+            pass
+    # Cut off near the 32 KiB default, not after the 256 MB a careless parser would buffer.
+    assert sent < 16 * 1024 * 1024, sent
+    assert get_json(pool.port)["pid"] in before
+    assert pool.pids() == before
+
+
+def test_a_head_not_complete_within_header_timeout_gets_408(pool_factory: Any, app: str) -> None:
+    pool = pool_factory(app, "--header-timeout", "1", workers=1).start()
+    with connect(pool.port) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and nothing more
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    with connect(pool.port) as idle:  # a connection that never sends a byte is closed as well
+        assert read_until_closed(idle).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_silent_body_closes_the_connection_and_the_app_sees_a_disconnect(pool_factory: Any, app: str) -> None:
+    pool = pool_factory(app, "--body-timeout", "1", workers=1).start()
+    with connect(pool.port) as sock:
+        sock.sendall(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")  # then silence
+        answer = read_until_closed(sock)
+    assert answer == b""  # closed, no answer: the body never came
+    if app == APPS["asgi"]:
+        deadline = time.monotonic() + 10
+        while "body: disconnect after 3 bytes" not in pool.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "body: disconnect after 3 bytes" in pool.log()
+    assert get_json(pool.port)["pid"] in pool.pids()
+
+
+def test_a_body_over_max_body_bytes_gets_413(pool_factory: Any, app: str) -> None:
+    pool = pool_factory(app, "--max-body-bytes", "1000", workers=1).start()
+    status, headers, _ = request(pool.port, "POST", "/body", body=b"x" * 1001)
+    assert status == 413 and headers["connection"] == "close"
+    status, _, data = request(pool.port, "POST", "/body", body=b"x" * 1000)
+    assert status == 200 and json.loads(data)["size"] == 1000
+    # Chunked: counted as it comes.
+    with connect(pool.port) as sock:
+        sock.sendall(b"POST /body HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        sock.sendall(b"258\r\n" + b"x" * 600 + b"\r\n")
+        sock.sendall(b"258\r\n" + b"x" * 600 + b"\r\n")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+
+
+def test_an_oversized_declared_body_is_refused_before_the_app_runs(pool_factory: Any) -> None:
+    pool = pool_factory(APPS["asgi"], "--max-body-bytes", "1000", workers=1).start()
+    with connect(pool.port) as sock:  # Expect: 100-continue, so the client never sends the body
+        sock.sendall(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\nExpect: 100-continue\r\n\r\n")
+        answer = read_until_closed(sock)
+    assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+    assert b"100 Continue" not in answer
+    assert pool.status()["requests"] == 0  # the app never saw it
+
+
+def test_connections_beyond_max_connections_get_503(pool_factory: Any, app: str) -> None:
+    pool = pool_factory(app, "--max-connections", "3", workers=1).start()
+    held = [http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10) for _ in range(3)]
+    for conn in held:  # each one accepted and served: three open connections in the worker
+        conn.request("GET", "/")
+        assert conn.getresponse().read()
+    status, headers, _ = request(pool.port)
+    assert status == 503 and headers["connection"] == "close"
+    held.pop().close()
+    deadline = time.monotonic() + 10  # the worker notices the close on its next loop turn
+    while request(pool.port)[0] != 200:
+        assert time.monotonic() < deadline, "a freed connection slot was never reused"
+        time.sleep(0.05)
+    for conn in held:
+        conn.close()
+
+
+def test_chaos_slow_clients_cost_connections_not_availability(pool_factory: Any) -> None:
+    """Chaos (to move to tests/chaos): 500 slowloris + 50 slow-body connections for ~8 s on a 2-worker WSGI pool.
+
+    Ordinary requests must keep a p99 under 100 ms and no worker may be killed. Default timeouts: the slow
+    clients stay just inside them (a header line every second, a body byte every second).
+    """
+    pool = pool_factory(APPS["wsgi"], "--health-interval", "0.5", "--health-timeout", "1", workers=2).start()
+    before = pool.pids()
+    stop = threading.Event()
+    slow: list[socket.socket] = []
+
+    def trickle() -> None:
+        while not stop.is_set():
+            for i, sock in enumerate(list(slow)):
+                with contextlib.suppress(OSError):
+                    sock.send(b"X-Slow: %d\r\n" % i if i < 500 else b"x")
+            stop.wait(1.0)
+
+    for _ in range(500):
+        sock = connect(pool.port)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        slow.append(sock)
+    for _ in range(50):
+        sock = connect(pool.port)
+        sock.sendall(b"POST /body HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n0123456789")
+        slow.append(sock)
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    latencies: list[float] = []
+    try:
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            status, _, _ = request(pool.port, headers={"Connection": "close"})
+            latencies.append(time.monotonic() - start)
+            assert status == 200
+            time.sleep(0.01)
+        status_now = pool.status()
+    finally:
+        stop.set()
+        trickler.join()
+        for sock in slow:
+            sock.close()
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(f"slow clients: {len(latencies)} requests, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms; connections per worker {[w.get('connections') for w in status_now['workers']]}")
+    assert len(latencies) > 100
+    assert p99 < 0.1, f"p99 {p99 * 1000:.1f} ms over {len(latencies)} requests"
+    assert {w["pid"] for w in status_now["workers"]} == before  # nobody was killed
+    assert "no pong" not in pool.log()
+
+
+# 6. Errors you can read.
+
+
+def test_an_exception_in_a_view_is_logged_once_by_the_worker_with_its_traceback(pool_factory: Any, app: str) -> None:
+    pool = pool_factory(app, workers=1).start()
+    worker = next(iter(pool.pids()))
+    status, _, _ = request(pool.port, path="/boom")
+    assert status == 500
+    error = "ValueError: asgi view failed on purpose" if app == APPS["asgi"] else "KeyError: 'wsgi view failed"
+    deadline = time.monotonic() + 10
+    while error not in pool.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    text = pool.log()
+    assert text.count(f"GET /boom raised {error.split(':')[0]}") == 1, text
+    line = next(line for line in text.splitlines() if "GET /boom raised" in line)
+    assert line.startswith(f"corepool[{worker}] worker warning:"), line
+    assert "Traceback (most recent call last)" in text and f"http_{app[5:9]}.py" in text
+    assert "Exception in ASGI application" not in text
+    assert "primary error" not in text
+
+
+def test_an_app_error_event_carries_worker_generation_and_request_path() -> None:
+    from corepool import log
+    from corepool.engines.tracking import RequestTracker
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    async def failing(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("nope")
+
+    handler = Keep()
+    log.logger.addHandler(handler)
+    try:
+        log.bind(worker_pid=4242, generation=7, slot=1)
+        with pytest.raises(RuntimeError):
+            asyncio.run(RequestTracker(failing)({"type": "http", "method": "GET", "path": "/x"}, print, print))
+    finally:
+        log.logger.removeHandler(handler)
+        log._bound.clear()
+    (record,) = [r for r in records if getattr(r, "EVENT", None) == "app_error"]
+    assert (record.WORKER_PID, record.GENERATION, record.SLOT, record.REQUEST_PATH) == (4242, 7, 1, "/x")  # type: ignore[attr-defined]
+    assert "RuntimeError: nope" in record.getMessage() and "Traceback" in record.getMessage()
+
+
+# 8. Stops are prompt.
+
+
+def test_a_stop_with_an_idle_keepalive_connection_ends_after_keepalive_timeout(pool_factory: Any) -> None:
+    pool = pool_factory(APPS["asgi"], "--keepalive-timeout", "1", "--graceful-timeout", "60", workers=1).start()
+    conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=30)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    response.read()
+    assert not response.will_close
+    pool.signal(signal.SIGTERM)
+    # Well before graceful_timeout (60 s): the idle connection is closed after keepalive_timeout.
+    assert pool.wait_exit(timeout=20) == 0
+    assert conn.sock is not None and read_until_closed(conn.sock) == b""  # a clean close, no late answer
+    conn.close()
+
+
+def test_a_request_sent_on_an_idle_connection_during_a_drain_is_answered_with_close(pool_factory: Any) -> None:
+    pool = pool_factory(APPS["wsgi"], "--keepalive-timeout", "5", workers=1).start()
+    conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
+    conn.request("GET", "/")
+    first = conn.getresponse()
+    old = json.loads(first.read())["pid"]
+    assert pool.ctl("reload", "--wait").returncode == 0  # the old worker is draining, our connection idle on it
+    conn.request("GET", "/")
+    second = conn.getresponse()
+    assert json.loads(second.read())["pid"] == old and second.will_close
+    conn.close()
+
+
+# 9. What gunicorn and uvicorn users reach for.
+
+
+def test_root_path_mounts_the_app_under_a_prefix(pool_factory: Any, app: str) -> None:
+    pool = pool_factory(app, "--root-path", "/api", workers=1).start()
+    seen = get_json(pool.port, "/api/items")
+    assert seen["root_path"] == "/api"
+    assert seen["path"] == ("/api/items" if app == APPS["asgi"] else "/items")  # ASGI path includes root_path
+
+
+def test_server_and_date_headers_can_be_turned_off(pool_factory: Any, app: str) -> None:
+    on = pool_factory(app, workers=1).start()
+    _, headers, _ = request(on.port)
+    assert headers.get("server") == "uvicorn" and "date" in headers
+    off = pool_factory(app, "--server-header", "false", "--date-header", "false", workers=1).start()
+    _, headers, _ = request(off.port)
+    assert "server" not in headers and "date" not in headers
+
+
+def test_access_log_uses_gunicorn_atoms(pool_factory: Any, app: str) -> None:
+    fmt = 'ACCESS %(h)s "%(r)s" %(s)s %(b)s %({x-trace}i)s %({content-type}o)s %(p)s %(Z)s'
+    pool = pool_factory(app, "--access-log", "true", "--access-log-format", fmt, workers=1).start()
+    worker = next(iter(pool.pids()))
+    status, _, data = request(pool.port, path="/hello?x=1", headers={"X-Trace": "t-42"})
+    assert status == 200
+    want = f'ACCESS 127.0.0.1 "GET /hello?x=1 HTTP/1.1" 200 {len(data)} t-42 application/json <{worker}> -'
+    deadline = time.monotonic() + 10
+    while want not in pool.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert want in pool.log()
+
