@@ -45,10 +45,16 @@ def setup(level: str = "info", role: str = "primary") -> None:
 
 
 _role = ["primary"]
+_bound: dict[str, Any] = {}
+
+
+def bind(**fields: Any) -> None:
+    """Fields added to every later event of this process (a worker: WORKER_PID, GENERATION, SLOT)."""
+    _bound.update({k.upper(): v for k, v in fields.items() if v is not None})
 
 
 def event(event: str, message: str, *, warning: bool = False, **fields: Any) -> None:
     """Log one pool event with its structured fields (upper-case names, journald style)."""
-    extra: dict[str, Any] = {"EVENT": event, "ROLE": _role[0]}
+    extra: dict[str, Any] = {"EVENT": event, "ROLE": _role[0], **_bound}
     extra.update({k.upper(): v for k, v in fields.items() if v is not None})
     logger.log(logging.WARNING if warning else logging.INFO, message, extra=extra)
