@@ -1,125 +1,441 @@
 """WSGI apps on the same uvicorn engine, run on a thread pool (the choice is measured in
-docs/benchmarks/wsgi-engines.md).
+docs/benchmarks/wsgi-engines.md), following PEP 3333 to the letter.
 
-uvicorn parses HTTP; :class:`WSGIBridge` turns each ASGI request into a WSGI call. a2wsgi's middleware hands
-every response message from the app's thread back to the event loop and waits for it (three cross-thread round
-trips for a plain response); the bridge runs the whole call on the thread and hands back the buffered response
-once, which is most of the WSGI throughput difference on small responses. Large or streamed responses and
-request bodies that do not arrive in one piece fall back to streaming through the loop, with back-pressure. The
-environ is built by a2wsgi's ``build_environ``.
+uvicorn parses HTTP; :class:`WSGIBridge` turns each ASGI request into one WSGI call on a thread.
 
-Health pings go through the same thread pool before they are answered: a worker whose every WSGI thread is
-stuck fails its ping and is replaced, instead of being vouched for by an idle event loop.
+* **Request bodies.** A body with a Content-Length up to :data:`BUFFERED_BODY_LIMIT` is read on the event loop
+  before a thread is taken (as nginx buffers requests), so a slow client costs a connection, never an app
+  thread. Larger and chunked bodies stream: ``wsgi.input`` pulls them through the loop, and its ``read(n)``,
+  ``readline(n)``, ``readlines()`` and iteration wait for data, returning short only at the end of the body.
+  ``wsgi.input_terminated`` is set (the stream ends where the body ends, with or without a Content-Length).
+  A client that leaves before the end of its body raises :class:`ClientDisconnected` in the app.
+* **Responses.** A list or tuple response is handed back to the loop once, buffered: the fast path. Any other
+  iterable, and ``write()``, is sent block by block as the app produces it, one block in flight at a time
+  (back-pressure). A client that leaves mid-response ends the iteration; ``close()`` runs exactly once.
+* **The environ** is built here: ``PATH_INFO`` is the latin-1 decoding of the raw, percent-decoded path bytes
+  (PEP 3333), ``SCRIPT_NAME`` the ASGI ``root_path``, repeated headers are joined with ``", "`` (``Cookie``
+  with ``"; "``), and header names with an underscore are dropped, as gunicorn and nginx do (``X_User`` would
+  otherwise pass for ``X-User``).
+
+Health pings are answered by the serving loop, never through this thread pool; unhandled app exceptions are
+logged by the tracking middleware around the bridge.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextvars
 import io
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, cast
-
-from a2wsgi.wsgi import Body, build_environ
+from urllib.parse import unquote_to_bytes
 
 from corepool.settings import HttpOptions
 
 THREADS = HttpOptions.threads
-BUFFER_LIMIT = 256 * 1024  # a response larger than this is streamed instead of buffered
+BUFFERED_BODY_LIMIT = 1024 * 1024  # a body with a Content-Length up to this is read before a thread is taken
+READ_AHEAD = 256 * 1024  # body bytes read ahead of a streaming app while its response is sent
+BUFFER_LIMIT = 256 * 1024  # a list response larger than this goes out as one message per item, not joined
 
 Send = Callable[[dict[str, Any]], Any]
+Receive = Callable[[], Any]
 
 
-class _Response:
-    """One WSGI response, buffered on the app's thread until it grows past BUFFER_LIMIT."""
+class ClientDisconnected(OSError):
+    """Raised in a WSGI app by ``wsgi.input`` (or ``write()``) when its client has gone away."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, send: Send) -> None:
-        self.loop, self.send = loop, send
+
+# ------------------------------------------------------------------------------------------------ the environ
+
+
+def build_environ(scope: dict[str, Any], wsgi_input: Any) -> dict[str, Any]:
+    """The PEP 3333 environ of an ASGI http scope (``wsgi.input`` is ``wsgi_input``)."""
+    root_path = scope.get("root_path", "")
+    raw_path = scope.get("raw_path")
+    path = unquote_to_bytes(raw_path) if raw_path else scope["path"].encode("utf-8")
+    script = root_path.encode("utf-8")
+    if script and path.startswith(script):
+        path = path[len(script) :]
+    server = scope.get("server")
+    scheme = scope.get("scheme", "http")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": script.decode("latin-1"),
+        "PATH_INFO": path.decode("latin-1"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scheme,
+        "wsgi.input": wsgi_input,
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.input_terminated": True,
+    }
+    client = scope.get("client")
+    if client:
+        environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
+    for name, value in scope.get("headers", ()):
+        if b"_" in name:
+            continue  # gunicorn and nginx drop these: X_User would pass for X-User
+        key = name.decode("latin-1").upper().replace("-", "_")
+        if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+            key = "HTTP_" + key
+        text = value.decode("latin-1")
+        if key in environ:
+            text = environ[key] + ("; " if key == "HTTP_COOKIE" else ", ") + text
+        environ[key] = text
+    if server and server[1] is not None:
+        environ["SERVER_NAME"], environ["SERVER_PORT"] = server[0], str(server[1])
+    else:  # a unix socket: the Host header is the best name there is
+        host = environ.get("HTTP_HOST", "localhost")
+        name, _, port = host.rpartition(":") if host.rpartition(":")[2].isdigit() else (host, "", "")
+        environ["SERVER_NAME"] = name or "localhost"
+        environ["SERVER_PORT"] = port or ("443" if scheme == "https" else "80")
+    return environ
+
+
+def content_length(environ: dict[str, Any]) -> int | None:
+    """The request's Content-Length, or None when it has none (chunked) or it is not a number."""
+    value = environ.get("CONTENT_LENGTH")
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------------ request body
+
+
+class _Body:
+    """The loop's side of a request body that streams: the one reader of ``receive()``.
+
+    The app's thread asks for chunks (:meth:`next_chunk`); while a response is being sent, :meth:`watch` reads
+    ahead (up to READ_AHEAD bytes) and, once the body has ended, waits for ``http.disconnect`` so that a client
+    that leaves is noticed between two response blocks.
+    """
+
+    def __init__(self, receive: Receive, more: bool) -> None:
+        self.receive = receive
+        self.stash: collections.deque[bytes] = collections.deque()
+        self.stashed = 0
+        self.ended = not more
+        self.gone = False  # read from the app's thread: a plain flag, set once
+        self.lock = asyncio.Lock()
+        self.room = asyncio.Event()
+
+    async def _take(self) -> None:
+        """One message from the server into the stash, unless someone else brought data meanwhile."""
+        async with self.lock:
+            if self.stash or self.ended or self.gone:
+                return
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                self.gone = True
+                return
+            chunk = message.get("body", b"")
+            if chunk:
+                self.stash.append(chunk)
+                self.stashed += len(chunk)
+            if not message.get("more_body", False):
+                self.ended = True
+
+    async def next_chunk(self) -> bytes:
+        """The next piece of the body; b"" at its end; ClientDisconnected if the client left before it."""
+        while not self.stash:
+            if self.ended:
+                return b""
+            if self.gone:
+                raise ClientDisconnected("the client disconnected before the end of the request body")
+            await self._take()
+        chunk = self.stash.popleft()
+        self.stashed -= len(chunk)
+        self.room.set()
+        return chunk
+
+    async def watch(self) -> None:
+        """Until cancelled: read ahead, then notice the client leaving (``http.disconnect``)."""
+        while not self.gone:
+            if self.ended:
+                message = await self.receive()  # after the body, only a disconnect can come
+                if message["type"] == "http.disconnect":
+                    self.gone = True
+            elif self.stashed >= READ_AHEAD:
+                self.room.clear()
+                await self.room.wait()
+            else:
+                await self._take()
+
+
+class _Input:
+    """``wsgi.input`` for a body that streams: every read waits for data until the end of the body."""
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self.exchange = exchange
+        self.buffer = bytearray()
+        self.eof = False
+
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        chunk: bytes = self.exchange.on_loop(self.exchange.body.next_chunk())
+        if not chunk:
+            self.eof = True
+            return False
+        self.buffer += chunk
+        return True
+
+    def _cut(self, n: int) -> bytes:
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]  # cheap: bytearray drops a prefix without moving the rest
+        return data
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            while self._fill():
+                pass
+            return self._cut(len(self.buffer))
+        while len(self.buffer) < size and self._fill():
+            pass
+        return self._cut(size)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        searched = 0
+        while True:
+            newline = self.buffer.find(b"\n", searched)
+            if newline >= 0:
+                end = newline + 1
+                break
+            if 0 <= limit <= len(self.buffer):
+                end = limit
+                break
+            searched = len(self.buffer)
+            if not self._fill():
+                end = len(self.buffer)
+                break
+        return self._cut(end if limit < 0 else min(end, limit))
+
+    def readlines(self, hint: int | None = -1) -> list[bytes]:
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+# ------------------------------------------------------------------------------------------------ one exchange
+
+
+class _Exchange:
+    """One request/response between the loop and the app's thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: Send, body: _Body) -> None:
+        self.loop, self.send, self.body = loop, send, body
         self.start: dict[str, Any] | None = None
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.streaming = False
+        self.headers_sent = False
+        self.in_flight: concurrent.futures.Future[Any] | None = None
+        self.waiting: concurrent.futures.Future[Any] | None = None
+        self.aborted = False
+        self.watcher: asyncio.Task[None] | None = None
+
+    # On the app's thread.
+
+    def on_loop(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
+        """Run a coroutine on the loop and wait for its result."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        self.waiting = future
+        if self.aborted:
+            future.cancel()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            raise ClientDisconnected("the request was cancelled") from None
+        finally:
+            self.waiting = None
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
     ) -> Callable[[bytes], None]:
-        if exc_info is not None and self.streaming:
-            raise exc_info[1].with_traceback(exc_info[2])  # PEP 3333: too late to change the status
-        code = int(status.split(" ", 1)[0])
-        encoded = [(name.strip().lower().encode("latin1"), value.strip().encode("latin1")) for name, value in headers]
+        if exc_info is not None:
+            try:
+                if self.headers_sent:  # PEP 3333: too late to change the status, re-raise
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.start is not None:
+            raise RuntimeError("start_response called a second time without exc_info")
+        try:
+            code = int(status[:3])
+            encoded = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in headers]
+        except (TypeError, ValueError, AttributeError, UnicodeError) as exc:
+            raise ValueError(f"bad WSGI status or headers: {status!r} {headers!r}") from exc
         self.start = {"type": "http.response.start", "status": code, "headers": encoded}
         return self.write
 
-    def write(self, chunk: bytes) -> None:
-        if not chunk:
-            return
-        self.chunks.append(chunk)
-        self.size += len(chunk)
-        if self.size > BUFFER_LIMIT:
-            self.flush(more=True)
+    def write(self, data: bytes) -> None:
+        """PEP 3333's write(): the data is on its way to the client when it returns."""
+        if self.body.gone:
+            raise ClientDisconnected("the client disconnected")
+        if data:
+            self.emit(data)
 
-    def flush(self, more: bool) -> None:
-        """From the app's thread: send what is buffered through the event loop, and wait (back-pressure)."""
+    def emit(self, data: bytes) -> None:
+        """Send one block; the block before it must have been sent first (one in flight: back-pressure)."""
         if self.start is None:
-            raise RuntimeError("the WSGI app returned a body before calling start_response")
-        if not self.streaming:
-            self._on_loop(self.start)
-            self.streaming = True
-        body, self.chunks, self.size = b"".join(self.chunks), [], 0
-        self._on_loop({"type": "http.response.body", "body": body, "more_body": more})
+            raise RuntimeError("the WSGI app sent a body before calling start_response")
+        messages = [] if self.headers_sent else [self.start]
+        self.headers_sent = True
+        messages.append({"type": "http.response.body", "body": bytes(data), "more_body": True})
+        self.settle()
+        self.in_flight = asyncio.run_coroutine_threadsafe(self._send(messages), self.loop)
 
-    def _on_loop(self, message: dict[str, Any]) -> None:
-        asyncio.run_coroutine_threadsafe(self.send(message), self.loop).result()
+    def settle(self) -> None:
+        """Wait until the block in flight has been handed to the connection."""
+        if self.in_flight is not None:
+            future, self.in_flight = self.in_flight, None
+            self.waiting = future
+            try:
+                future.result()
+            except concurrent.futures.CancelledError:
+                raise ClientDisconnected("the request was cancelled") from None
+            finally:
+                self.waiting = None
+
+    # On the loop.
+
+    async def _send(self, messages: list[dict[str, Any]]) -> None:
+        if self.watcher is None:
+            self.watcher = self.loop.create_task(self.body.watch())
+        for message in messages:
+            await self.send(message)
+
+    def abort(self) -> None:
+        """The request's task was cancelled: whatever the app's thread waits for raises ClientDisconnected."""
+        self.aborted = True
+        for future in (self.waiting, self.in_flight):
+            if future is not None:
+                future.cancel()
+
+    def stop_watching(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+
+# ------------------------------------------------------------------------------------------------ the bridge
+
+_WHOLE, _STREAMED, _GONE = 0, 1, 2
 
 
 class WSGIBridge:
-    """An ASGI app running a WSGI app on a thread pool, with one hand-off per ordinary request."""
+    """An ASGI app (http scopes only) running a WSGI app on a thread pool."""
 
     def __init__(self, app: Any, threads: int = THREADS) -> None:
         self.app = app
         self.threads = threads
         self.busy = 0  # app calls running on a thread now (only changed on the event loop)
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Send) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # uvicorn runs WSGI routes with lifespan off and no websockets
             return
         loop = asyncio.get_running_loop()
-        first = await receive()
-        wsgi_input: Any
-        if first.get("more_body"):  # a body in several pieces: the app reads the rest through the loop
-            wsgi_input = Body(loop, receive)
-            wsgi_input.buffer.extend(first.get("body", b""))
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        first, more = message.get("body", b""), message.get("more_body", False)
+        environ = build_environ(scope, None)
+        if more:
+            length = content_length(environ)
+            if length is not None and length <= BUFFERED_BODY_LIMIT:
+                # Read it all here, so a client that sends slowly holds no app thread meanwhile.
+                parts = [first]
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return  # nobody to answer; the app never saw the request
+                    parts.append(message.get("body", b""))
+                    more = message.get("more_body", False)
+                first = b"".join(parts)
+        body = _Body(receive, more)
+        exchange = _Exchange(loop, send, body)
+        if more:
+            wsgi_input: Any = _Input(exchange)
+            wsgi_input.buffer += first
         else:
-            wsgi_input = io.BytesIO(first.get("body", b""))
-        environ = cast(dict[str, Any], build_environ(scope, wsgi_input))  # type: ignore[arg-type]
-        response = _Response(loop, send)
+            wsgi_input = io.BytesIO(first)
+        environ["wsgi.input"] = wsgi_input
         context = contextvars.copy_context()
         self.busy += 1
         try:
-            await loop.run_in_executor(self.executor, lambda: context.run(self._call, environ, response))
+            kind, payload = await loop.run_in_executor(
+                self.executor, context.run, self._call, environ, exchange
+            )
+        except asyncio.CancelledError:
+            exchange.abort()
+            raise
+        except ClientDisconnected:
+            if body.gone or exchange.aborted:
+                return  # the app let the disconnect through: not an app error
+            raise
         finally:
             self.busy -= 1
-        if not response.streaming:
-            assert response.start is not None
-            await send(response.start)
-            await send({"type": "http.response.body", "body": b"".join(response.chunks)})
+            exchange.stop_watching()
+        if kind == _WHOLE:
+            await self._send_whole(send, cast(dict[str, Any], exchange.start), payload)
+        elif kind == _STREAMED:
+            if payload is not None:
+                await asyncio.wrap_future(payload)
+            if not exchange.headers_sent:
+                await send(cast(dict[str, Any], exchange.start))
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    def _call(self, environ: dict[str, Any], response: _Response) -> None:
-        """On an app thread: call the app and collect its response (streaming it if it grows large)."""
-        iterable: Iterable[bytes] = self.app(environ, response.start_response)
+    @staticmethod
+    async def _send_whole(send: Send, start: dict[str, Any], chunks: list[bytes] | tuple[bytes, ...]) -> None:
+        await send(start)
+        if len(chunks) > 1 and sum(len(c) for c in chunks) > BUFFER_LIMIT:
+            for chunk in chunks:  # already in memory: no join, which would double it
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        await send({"type": "http.response.body", "body": chunks[0] if len(chunks) == 1 else b"".join(chunks)})
+
+    def _call(self, environ: dict[str, Any], exchange: _Exchange) -> tuple[int, Any]:
+        """On an app thread: call the app; a list or tuple comes back whole, anything else is sent as yielded."""
+        result: Iterable[bytes] = self.app(environ, exchange.start_response)
         try:
-            for chunk in iterable:
-                if response.start is None:
-                    raise RuntimeError("the WSGI app returned a body before calling start_response")
-                response.write(chunk)
-            if response.start is None:
+            if isinstance(result, (list, tuple)) and not exchange.headers_sent:
+                if exchange.start is None:
+                    raise RuntimeError("the WSGI app returned without calling start_response")
+                return _WHOLE, result if result else [b""]
+            for block in result:
+                if exchange.body.gone:
+                    return _GONE, None
+                if block:
+                    exchange.emit(block)
+            if exchange.start is None:
                 raise RuntimeError("the WSGI app returned without calling start_response")
-            if response.streaming:
-                response.flush(more=False)
+            return _STREAMED, exchange.in_flight
         finally:
-            close = getattr(iterable, "close", None)
+            close = getattr(result, "close", None)
             if close is not None:
                 close()
 
