@@ -350,19 +350,25 @@ def test_sighup_rereads_the_config_and_a_bad_one_keeps_the_pool_running(pool_fac
 def test_idle_keepalive_connection_survives_a_reload_and_is_closed_politely(pool_factory: Any) -> None:
     import http.client
 
-    pool = pool_factory("corepool.demo:app", "--keepalive-timeout", "1", workers=1).start()
+    pool = pool_factory("corepool.demo:app", "--keepalive-timeout", "3", workers=1).start()
     conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
-    conn.request("GET", "/")
-    first = conn.getresponse()
-    old_pid = json.loads(first.read())["pid"]
-    assert not first.will_close
+    idle = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
+    for c in (conn, idle):
+        c.request("GET", "/")
+        first = c.getresponse()
+        old_pid = json.loads(first.read())["pid"]
+        assert not first.will_close
     assert pool.ctl("reload", "--wait").returncode == 0
-    time.sleep(2)  # past the keep-alive timeout: a retired worker keeps an idle connection for the whole drain
+    # Within keepalive_timeout of the drain: a retired worker still answers on an idle connection.
     conn.request("GET", "/")
     second = conn.getresponse()
     assert json.loads(second.read())["pid"] == old_pid
     assert second.will_close  # answered with Connection: close, then closed: the client never saw a reset
     conn.close()
+    # A connection left idle is closed after keepalive_timeout (not graceful_timeout), with a FIN, not a reset.
+    assert idle.sock is not None
+    assert idle.sock.recv(1) == b""
+    idle.close()
 
 
 def test_the_control_directory_a_pool_created_is_gone_after_it_stops(pool_factory: Any, tmp_path: Path) -> None:
