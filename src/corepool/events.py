@@ -51,11 +51,27 @@ class WorkerBootError:
 
 @dataclass(frozen=True)
 class Pong:
-    """The worker's serving loop answered ping ``seq``; ``requests`` is its running total."""
+    """The worker's serving loop answered ping ``seq`` (None: it reported on its own, for example on reaching
+    its request limit or at the end of a drain) with its stats; ``rss`` is sampled by the primary."""
 
     wid: int
-    seq: int
+    seq: int | None
     requests: int
+    now: float
+    inflight: int = 0
+    oldest_age: float | None = None  # seconds the longest-running in-flight request has run
+    oldest: str | None = None  # that request, as "METHOD /path"
+    busy_threads: int = 0
+    threads: int = 0
+    rss: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerMisbehaved:
+    """The worker broke the channel protocol (garbage, an unknown message): it cannot be trusted to serve."""
+
+    wid: int
+    reason: str
     now: float
 
 
@@ -67,6 +83,7 @@ class WorkerExited:
     description: str
     clean: bool
     now: float
+    signal: str | None = None  # "SIGKILL" when a signal ended it
 
 
 @dataclass(frozen=True)
@@ -147,6 +164,7 @@ Event = (
     | WorkerDraining
     | WorkerBootError
     | Pong
+    | WorkerMisbehaved
     | WorkerExited
     | LoaderForked
     | LoaderReady
@@ -210,6 +228,15 @@ class Report:
     message: str
     wid: int | None = None
     warning: bool = False
+    fields: tuple[tuple[str, str | int], ...] = ()  # more journal fields (CAUSE, SIGNAL, ...)
+
+
+@dataclass(frozen=True)
+class SetRequestLimit:
+    """Tell worker ``wid`` to report on its own once it has served ``limit`` requests (max_requests)."""
+
+    wid: int
+    limit: int
 
 
 @dataclass(frozen=True)
@@ -238,5 +265,6 @@ class Exit:
 
 
 Action = (
-    Spawn | SpawnLoader | Signal | SignalLoader | Ping | Report | PoolReady | ReloadStarted | ReloadFinished | Exit
+    Spawn | SpawnLoader | Signal | SignalLoader | Ping | SetRequestLimit | Report | PoolReady | ReloadStarted
+    | ReloadFinished | Exit
 )

@@ -93,6 +93,10 @@ def _fork_worker(spec: WorkerSpec, loader_sock: socket.socket, channel_fd: int, 
 
 
 def _worker_main(spec: WorkerSpec, channel_fd: int, routes: list[engines.Route]) -> int:
+    # Name ourselves to the primary first, on our own channel: it then knows our pid even if this loader is
+    # stopped or killed before its "forked" reaches the primary, so a stop can always reach us.
+    sock = socket.socket(fileno=channel_fd)
+    channel.send(sock, channel.encode("hello", pid=os.getpid()))
     # Our parent (the middle process) exits at once; wait until the primary, a child subreaper, adopts us.
     deadline = time.monotonic() + 5
     while os.getppid() != spec.primary_pid:
@@ -101,7 +105,7 @@ def _worker_main(spec: WorkerSpec, channel_fd: int, routes: list[engines.Route])
         time.sleep(0.0002)
     code = 1
     try:
-        code = worker.run_preloaded(spec, socket.socket(fileno=channel_fd), routes)
+        code = worker.run_preloaded(spec, sock, routes)
     except BaseException:
         traceback.print_exc()
     return code

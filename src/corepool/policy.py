@@ -9,15 +9,24 @@ Per-worker lifecycle::
 
     BOOTING --ready--> READY --retire/stop--> DRAINING --exit--> (gone)
        |                  |
-       +--exit/timeout----+--exit/health kill--> (gone, slot respawned, with backoff when it keeps failing)
+       |                  +--exit/health kill--> (gone: replaced at once, within the pool's spawn budget)
+       +--exit/boot_timeout--> (gone: the slot backs off, 0, 0.5 s, 1 s, ... up to backoff_max)
+
+Judgements live in their own pure modules: :mod:`corepool.crashpolicy` (backoff, spawn budget, causes of
+death) and :mod:`corepool.recycling` (request_timeout, max_requests, max_rss, max_lifetime). A worker that is
+recycled or holds an overdue request is replaced surge-first: its successor boots, and only once the successor
+is ready does the old worker stop accepting and drain.
 """
 
 from __future__ import annotations
 
 import enum
+import random
 import signal
 from dataclasses import dataclass, field
 
+from corepool import recycling
+from corepool.crashpolicy import Cause, SpawnBudget, backoff
 from corepool.events import (
     Action,
     Event,
@@ -35,6 +44,7 @@ from corepool.events import (
     ReloadStarted,
     Report,
     ScaleRequested,
+    SetRequestLimit,
     Signal,
     SignalLoader,
     Spawn,
@@ -46,6 +56,7 @@ from corepool.events import (
     WorkerDraining,
     WorkerExited,
     WorkerForked,
+    WorkerMisbehaved,
     WorkerReady,
 )
 
@@ -68,9 +79,7 @@ class Timing:
     graceful_timeout: float = 30.0
     backoff_base: float = 0.5
     backoff_max: float = 30.0
-    # A worker that dies sooner than this after becoming ready counts as failing, so a crash right after
-    # boot backs off instead of forking in a loop.
-    stable_after: float = 5.0
+    max_spawn_rate: float = 20.0  # replacement forks a second, pool-wide
 
 
 @dataclass
@@ -90,16 +99,33 @@ class Worker:
     requests: int = 0
     boot_error: str | None = None
     kill_reason: str | None = None
+    cause: Cause | None = None  # why it is being retired or killed (set when that is decided)
+    # Surge-first replacement: the worker booting to take this one's place, and the reverse link.
+    successor: int | None = None
+    predecessor: int | None = None
+    replace_reason: str | None = None
+    recycle_after: float = 0.0  # a successor failed to boot: do not try again before this
+    # From the last pong (and the primary's RSS sample).
+    inflight: int = 0
+    oldest_age: float | None = None
+    oldest: str | None = None
+    busy_threads: int = 0
+    threads: int = 0
+    rss: int | None = None
+    rss_over: int = 0
+    request_limit: int | None = None
+    max_age: float | None = None
 
 
 @dataclass
 class Slot:
     index: int
     generation: int
-    failures: int = 0
+    failures: int = 0  # boot failures in a row
     retry_at: float | None = None
     last_error: str | None = None
     waiting: bool = False  # for its generation's loader to be ready (preload mode)
+    deaths: dict[str, int] = field(default_factory=dict)  # Cause.value -> count
 
 
 @dataclass
@@ -160,6 +186,8 @@ class Policy:
     workers_wanted: int
     timing: Timing = field(default_factory=Timing)
     preload: bool = False
+    limits: recycling.Limits = field(default_factory=recycling.Limits)
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     phase: PoolPhase = PoolPhase.IDLE
     generation: int = 1
@@ -176,6 +204,7 @@ class Policy:
     _next_wid: int = 1
     _last_generation: int = 1
     _stop_reason: str = ""
+    budget: SpawnBudget = field(default_factory=lambda: SpawnBudget(rate=20.0, burst=2.0))
 
     def __post_init__(self) -> None:
         if self.workers_wanted < 1:
@@ -199,10 +228,14 @@ class Policy:
                     self.workers[wid].boot_error = error
             case WorkerDraining(wid, now):
                 self._stopped_accepting(wid, now, out)
-            case Pong(wid, seq, requests, now):
-                self._pong(wid, seq, requests, now)
-            case WorkerExited(wid, description, clean, now):
-                self._exited(wid, description, clean, now, out)
+            case Pong():
+                self._pong(event, out)
+            case WorkerMisbehaved(wid, reason, _now):
+                w = self.workers.get(wid)
+                if w is not None and w.kill_reason is None:
+                    self._kill(w, f"broke the channel protocol: {reason}", out, Cause.CRASH)
+            case WorkerExited(wid, description, _clean, now, sig):
+                self._exited(wid, description, sig, now, out)
             case ReloadRequested(now, reason):
                 self._reload_requested(now, reason, out)
             case ScaleRequested(delta, now):
@@ -243,6 +276,8 @@ class Policy:
                     times.append(w.ping_sent_at + t.health_timeout)
                 else:
                     times.append(w.next_ping_at)
+                if w.max_age is not None and w.ready_at is not None and self._may_recycle(w):
+                    times.append(max(w.ready_at + w.max_age, w.recycle_after))
             elif w.state is WorkerState.DRAINING and w.draining_since is not None:
                 times.append(w.draining_since + t.graceful_timeout)
         for s in self.slots.values():
@@ -286,6 +321,8 @@ class Policy:
 
     def _spawn(self, slot: int, generation: int, now: float, out: list[Action]) -> int | None:
         """Fork a worker into ``slot``; in preload mode first make sure the generation's loader is ready."""
+        if self.phase in (PoolPhase.STOPPING, PoolPhase.EXITED):
+            return None  # nothing is forked once a stop has begun
         s = self.slots[slot]
         s.retry_at = None
         if self.preload and not self._has_ready_loader(generation):
@@ -376,10 +413,21 @@ class Policy:
         w.state = WorkerState.READY
         w.ready_at = now
         w.next_ping_at = now + self.timing.health_interval
+        w.request_limit = recycling.request_limit(self.limits, self.rng)
+        w.max_age = recycling.lifetime(self.limits, self.rng)
         out.append(Report("ready", f"worker {self._name(w)} ready", wid))
         if self.phase is PoolPhase.STOPPING:
-            self._retire(w, now, "pool stopping", out)
+            self._retire(w, now, "pool stopping", out, Cause.STOP)
             return
+        if w.request_limit is not None:
+            out.append(SetRequestLimit(wid, w.request_limit))
+        if w.predecessor is not None:
+            old = self.workers.get(w.predecessor)
+            w.predecessor = None
+            if old is not None:
+                old.successor = None
+                if old.state is WorkerState.READY and old.kill_reason is None:
+                    self._retire(old, now, old.replace_reason or "replaced", out, old.cause)
         if self.roll is not None and self.roll.booting_wid == wid:
             self._roll_slot_done(w, now, out)
         if self.phase is PoolPhase.STARTING and self._all_slots_ready():
@@ -392,32 +440,93 @@ class Policy:
             else:
                 self._apply_pending_scale(now, out)
 
-    def _pong(self, wid: int, seq: int, requests: int, now: float) -> None:
-        w = self.workers.get(wid)
+    def _pong(self, pong: Pong, out: list[Action]) -> None:
+        w = self.workers.get(pong.wid)
         if w is None:
             return
-        w.requests = max(w.requests, requests)
-        if seq == w.ping_seq and w.ping_sent_at is not None:
+        now = pong.now
+        w.requests = max(w.requests, pong.requests)
+        w.inflight, w.oldest_age, w.oldest = pong.inflight, pong.oldest_age, pong.oldest
+        w.busy_threads, w.threads = pong.busy_threads, pong.threads
+        if pong.rss is not None:
+            w.rss = pong.rss
+            w.rss_over = recycling.rss_over(self.limits, pong.rss, w.rss_over)
+        if pong.seq is not None and pong.seq == w.ping_seq and w.ping_sent_at is not None:
             w.ping_sent_at = None
             w.last_pong_at = now
             w.next_ping_at = now + self.timing.health_interval
+            overdue_in = recycling.next_check(self.limits, pong.oldest_age)
+            if overdue_in is not None:  # look again just as the oldest request would pass request_timeout
+                w.next_ping_at = min(w.next_ping_at, now + overdue_in + 0.05)
+        self._judge(w, now, out)
 
-    def _exited(self, wid: int, description: str, clean: bool, now: float, out: list[Action]) -> None:
+    # -------------------------------------------------------------------------------------- recycling
+
+    def _judge(self, w: Worker, now: float, out: list[Action]) -> None:
+        """Replace a ready worker whose request is overdue, or that is due for recycling."""
+        if w.state is not WorkerState.READY or w.kill_reason is not None or w.successor is not None:
+            return
+        if self.phase is not PoolPhase.RUNNING or now < w.recycle_after:
+            return
+        overdue = recycling.overdue(self.limits, w.oldest_age, w.oldest)
+        if overdue is not None:
+            self._replace(w, now, Cause.REQUEST_TIMEOUT, overdue, out)
+            return
+        if not self._may_recycle(w):
+            return
+        due = recycling.verdict(
+            self.limits, requests=w.requests, request_limit=w.request_limit, rss=w.rss,
+            rss_samples_over=w.rss_over, age=now - (now if w.ready_at is None else w.ready_at), max_age=w.max_age,
+        )
+        if due is not None:
+            self._replace(w, now, due[0], due[1], out)
+
+    def _may_recycle(self, w: Worker) -> bool:
+        """Recycling waits for reloads, and goes one worker at a time (each surge costs one more process)."""
+        if self.phase is not PoolPhase.RUNNING or self.roll is not None or w.successor is not None:
+            return False
+        return not any(o.successor is not None and o.state is WorkerState.READY for o in self.workers.values())
+
+    def _replace(self, w: Worker, now: float, cause: Cause, reason: str, out: list[Action]) -> None:
+        """Surge-first: boot a successor for ``w``'s slot; ``w`` is retired once the successor is ready."""
+        w.cause, w.replace_reason = cause, reason
+        event = "request_timeout" if cause is Cause.REQUEST_TIMEOUT else "recycle"
+        out.append(Report(event, f"replacing worker {self._name(w)}: {reason}", w.wid,
+                          warning=cause is Cause.REQUEST_TIMEOUT, fields=(("CAUSE", cause.value),)))
+        new = self._spawn(w.slot, self.slots[w.slot].generation, now, out)
+        if new is None:  # its loader is not ready (preload): retire now, the slot is refilled when it is
+            self._retire(w, now, reason, out, cause)
+            return
+        w.successor = new
+        self.workers[new].predecessor = w.wid
+
+    def _exited(self, wid: int, description: str, sig: str | None, now: float, out: list[Action]) -> None:
         w = self.workers.pop(wid, None)
         if w is None:
             return
         slot = self.slots.get(w.slot)
         expected = w.state is WorkerState.DRAINING
-        why = w.kill_reason or w.boot_error or description
+        cause = w.cause or (Cause.BOOT if w.state is WorkerState.BOOTING else Cause.CRASH)
+        why = w.kill_reason or w.replace_reason or w.boot_error or description
+        if slot is not None:
+            slot.deaths[cause.value] = slot.deaths.get(cause.value, 0) + 1
+        fields: tuple[tuple[str, str | int], ...] = (("CAUSE", cause.value),)
+        if sig is not None:
+            fields += (("SIGNAL", sig),)
         out.append(
             Report(
-                "exit",
+                "exit" if expected else "death",
                 f"worker {self._name(w)} {'exited' if expected else 'died'}: {description}"
                 + (f" ({why})" if why != description else ""),
                 wid,
                 warning=not expected,
+                fields=fields,
             )
         )
+        if w.successor is not None and (successor := self.workers.get(w.successor)) is not None:
+            successor.predecessor = None  # it simply becomes the slot's worker
+        if w.predecessor is not None and (predecessor := self.workers.get(w.predecessor)) is not None:
+            predecessor.successor = None
         if self.phase is PoolPhase.STOPPING:
             self._maybe_exit(out)
             return
@@ -431,25 +540,49 @@ class Policy:
         if not self.ever_ready and w.state is WorkerState.BOOTING:
             self._fail_start(f"worker failed to boot: {why}", now, out)
             return
+        booting = w.state is WorkerState.BOOTING
+        if booting:
+            slot.failures += 1
+            slot.last_error = why
         if self._slot_has_live_worker(w.slot):
+            if booting and w.predecessor is not None and (old := self.workers.get(w.predecessor)) is not None:
+                # A surge successor that could not boot: the old worker keeps serving; try again later.
+                old.recycle_after = now + max(self._backoff(slot.failures), self.timing.backoff_base)
             return
-        failing = w.state is WorkerState.BOOTING or (
-            w.ready_at is not None and now - w.ready_at < self.timing.stable_after
-        )
-        slot.failures = slot.failures + 1 if failing else 1
-        slot.last_error = why
+        if not booting:
+            # It was serving: whatever killed it (a request of death, the OOM killer, kill -9), replace it now.
+            slot.failures = 0
+            slot.last_error = why
+            self._respawn(slot, now, out)
+            return
         delay = self._backoff(slot.failures)
         if delay <= 0:
-            self._spawn(w.slot, slot.generation, now, out)
+            self._respawn(slot, now, out)
         else:
             slot.retry_at = now + delay
             out.append(
                 Report(
                     "backoff",
-                    f"slot {w.slot} failed {slot.failures} times in a row; next try in {delay:g}s",
+                    f"slot {w.slot} failed to boot {slot.failures} times in a row; next try in {delay:g}s",
                     warning=True,
                 )
             )
+
+    def _respawn(self, slot: Slot, now: float, out: list[Action]) -> None:
+        """Refill a slot within the pool-wide spawn budget; a pool with nothing serving or booting is exempt."""
+        self.budget.rate = self.timing.max_spawn_rate
+        self.budget.burst = float(max(2, self.workers_wanted))
+        if self.budget.take(now) or not self._anything_serving_or_booting():
+            self._spawn(slot.index, slot.generation, now, out)
+            return
+        slot.retry_at = self.budget.next_at(now)
+        out.append(Report("spawn_rate", f"slot {slot.index}: max_spawn_rate reached, replacing in "
+                          f"{slot.retry_at - now:.2f}s", warning=True))
+
+    def _anything_serving_or_booting(self) -> bool:
+        return any(
+            w.state is not WorkerState.DRAINING and w.kill_reason is None for w in self.workers.values()
+        )
 
     def _stopped_accepting(self, wid: int, now: float, out: list[Action]) -> None:
         roll = self.roll
@@ -459,10 +592,7 @@ class Policy:
                 self._roll_next(now, out)
 
     def _backoff(self, failures: int) -> float:
-        """0 for the first failure (replace at once), then base, 2*base, ... capped at backoff_max."""
-        if failures <= 1:
-            return 0.0
-        return float(min(self.timing.backoff_base * 2 ** (failures - 2), self.timing.backoff_max))
+        return backoff(failures, self.timing.backoff_base, self.timing.backoff_max)
 
     # ------------------------------------------------------------------------------------------- reload
 
@@ -510,7 +640,7 @@ class Policy:
         slot.retry_at = None
         for old in list(self.workers.values()):
             if old.slot == new.slot and old.wid != new.wid and old.state is not WorkerState.DRAINING:
-                self._retire(old, now, f"replaced by generation {new.generation}", out)
+                self._retire(old, now, f"replaced by generation {new.generation}", out, Cause.RELOAD)
         self._roll_next(now, out)
 
     def _roll_failed(self, reason: str, now: float, out: list[Action]) -> None:
@@ -519,7 +649,7 @@ class Policy:
         if roll.booting_wid is not None:
             w = self.workers.get(roll.booting_wid)
             if w is not None:
-                self._kill(w, "reload rolled back", out)
+                self._kill(w, "reload rolled back", out, Cause.BOOT)
             roll.booting_wid = None
         # Slots that lost their worker while the roll was going on are refilled with their own generation
         # (in preload mode the slots already on the failed generation are restored by _finish_roll instead).
@@ -578,7 +708,7 @@ class Policy:
             self.workers_wanted -= 1
             for w in list(self.workers.values()):
                 if w.slot == index and w.state is not WorkerState.DRAINING:
-                    self._retire(w, now, "scaled down", out)
+                    self._retire(w, now, "scaled down", out, Cause.SCALE)
             out.append(Report("scale", f"workers: {self.workers_wanted} (removed slot {index})"))
             delta += 1
 
@@ -602,7 +732,7 @@ class Policy:
             slot.retry_at = None
         for w in list(self.workers.values()):
             if graceful:
-                self._retire(w, now, "pool stopping", out)
+                self._retire(w, now, "pool stopping", out, Cause.STOP)
         if not graceful:
             self._kill_everyone("fast stop", out)
         self._maybe_exit(out)
@@ -614,7 +744,8 @@ class Policy:
     def _kill_everyone(self, reason: str, out: list[Action]) -> None:
         for w in list(self.workers.values()):
             if w.kill_reason is None:
-                self._kill(w, reason, out)
+                self.killed_on_stop += 1
+                self._kill(w, reason, out, w.cause or Cause.STOP)
         for loader in self.loaders.values():
             self._kill_loader(loader, reason, out)
 
@@ -627,7 +758,7 @@ class Policy:
             out.append(Exit(EXIT_FAILURE, self._stop_reason))
         elif self.killed_on_stop:
             out.append(
-                Exit(EXIT_FAILURE, f"{self.killed_on_stop} worker(s) killed after graceful_timeout")
+                Exit(EXIT_FAILURE, f"{self.killed_on_stop} worker(s) killed with requests still running")
             )
         else:
             out.append(Exit(EXIT_OK, "stopped"))
@@ -651,14 +782,16 @@ class Policy:
             if w.kill_reason is not None:
                 continue
             if w.state is WorkerState.BOOTING and now >= w.spawned_at + t.boot_timeout:
-                self._kill(w, f"not ready within boot_timeout ({t.boot_timeout:g}s)", out)
+                self._kill(w, f"not ready within boot_timeout ({t.boot_timeout:g}s)", out, Cause.BOOT)
             elif w.state is WorkerState.READY and self.phase is not PoolPhase.STOPPING:
                 if w.ping_sent_at is not None and now >= w.ping_sent_at + t.health_timeout:
-                    self._kill(w, f"no pong within health_timeout ({t.health_timeout:g}s)", out)
+                    self._kill(w, f"no pong within health_timeout ({t.health_timeout:g}s)", out, Cause.HEALTH)
                 elif w.ping_sent_at is None and now >= w.next_ping_at:
                     w.ping_seq += 1
                     w.ping_sent_at = now
                     out.append(Ping(w.wid, w.ping_seq))
+                if w.max_age is not None and w.ready_at is not None and now >= w.ready_at + w.max_age:
+                    self._judge(w, now, out)
             elif (
                 w.state is WorkerState.DRAINING
                 and w.draining_since is not None
@@ -669,14 +802,16 @@ class Policy:
         if self.phase in (PoolPhase.RUNNING, PoolPhase.STARTING):
             for slot in self.slots.values():
                 if slot.retry_at is not None and now >= slot.retry_at:
-                    self._spawn(slot.index, slot.generation, now, out)
+                    slot.retry_at = None
+                    self._respawn(slot, now, out)
 
     # ---------------------------------------------------------------------------------------- utilities
 
-    def _retire(self, w: Worker, now: float, reason: str, out: list[Action]) -> None:
+    def _retire(self, w: Worker, now: float, reason: str, out: list[Action], cause: Cause | None) -> None:
         """Ask a worker to stop accepting, finish in-flight work and exit."""
         if w.state is WorkerState.DRAINING:
             return
+        w.cause = w.cause or cause
         w.state = WorkerState.DRAINING
         w.draining_since = now
         w.ping_sent_at = None
@@ -684,8 +819,10 @@ class Policy:
             self.roll.retiring.add(w.wid)
         out.append(Signal(w.wid, signal.SIGTERM, reason))
 
-    def _kill(self, w: Worker, reason: str, out: list[Action]) -> None:
+    def _kill(self, w: Worker, reason: str, out: list[Action], cause: Cause | None = None) -> None:
         w.kill_reason = reason
+        if cause is not None:
+            w.cause = cause
         out.append(Signal(w.wid, signal.SIGKILL, reason))
         out.append(Report("kill", f"killing worker {self._name(w)}: {reason}", w.wid, warning=True))
 

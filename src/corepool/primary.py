@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import gc
 import os
+import random
 import selectors
 import signal
 import socket
@@ -22,7 +23,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corepool import balance, channel, control, engines, events, loader, log, policy, settings, status, worker
+from corepool import (
+    apps,
+    balance,
+    channel,
+    control,
+    engines,
+    events,
+    hooks,
+    loader,
+    log,
+    policy,
+    recycling,
+    settings,
+    status,
+    worker,
+)
 from corepool.listeners import Listener
 from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
@@ -62,6 +78,17 @@ def timing_for(s: settings.Settings, watchdog_interval: float | None) -> Timing:
         boot_timeout=s.boot_timeout,
         graceful_timeout=s.graceful_timeout,
         backoff_max=s.backoff_max,
+        max_spawn_rate=s.max_spawn_rate,
+    )
+
+
+def limits_for(s: settings.Settings) -> recycling.Limits:
+    return recycling.Limits(
+        request_timeout=s.request_timeout,
+        max_requests=s.max_requests,
+        max_requests_jitter=s.max_requests_jitter,
+        max_rss_bytes=int(s.max_rss * 2**20),
+        max_lifetime=s.max_lifetime,
     )
 
 
@@ -81,7 +108,8 @@ class Primary:
         self.listeners = listeners
         self.notifier = notifier
         self.policy = Policy(
-            workers_wanted=s.workers, timing=timing_for(s, notifier.watchdog_interval), preload=s.mode == "preload"
+            workers_wanted=s.workers, timing=timing_for(s, notifier.watchdog_interval), preload=s.mode == "preload",
+            limits=limits_for(s), rng=random.Random(os.urandom(16)),
         )
         self.selector = selectors.DefaultSelector()
         self.control = control.ControlServer(s.control_path(), self.selector, self._control_request)
@@ -90,6 +118,9 @@ class Primary:
         self.loader_channels: dict[int, socket.socket] = {}  # generation -> channel
         self.loader_pids: dict[int, int] = {}  # pid -> generation
         self.unclaimed_exits: dict[int, int] = {}  # pid -> wait status, for workers not yet named by a loader
+        self.pending_signals: dict[int, list[int]] = {}  # wid -> signals decided before its pid was known
+        self.when_ready: Callable[..., Any] | None = None
+        self.on_reload: Callable[..., Any] | None = None
         self.events: collections.deque[events.Event] = collections.deque()
         self.exit_code: int | None = None
         self.waiters = _ReloadWaiters()
@@ -105,6 +136,13 @@ class Primary:
 
     def run(self) -> int:
         """Serve until stopped. Returns 0 after a clean stop, 1 when workers had to be killed or start failed."""
+        try:
+            self.when_ready = hooks.load("when_ready", self.settings.when_ready, self.settings.app_dir)
+            self.on_reload = hooks.load("on_reload", self.settings.on_reload, self.settings.app_dir)
+        except apps.AppLoadError as exc:
+            log.event("boot_error", f"{exc}\n{exc.detail.rstrip()}".rstrip(), warning=True)
+            self._cleanup()
+            return policy.EXIT_FAILURE
         engines.import_all()
         # Everything imported so far is shared with every process forked from here: keep the collector from
         # writing to it (and so copying its pages into the primary, and into a loader at its first collection).
@@ -115,6 +153,10 @@ class Primary:
             self.policy.preload = False
         self.control.open()
         self._install_signals()
+        if self.settings.reload:
+            from corepool import devreload  # type: ignore[attr-defined,unused-ignore]  # development only
+
+            devreload.start(self.settings)
         where = ", ".join(listener.address for listener in self.listeners)
         log.event(
             "start",
@@ -213,6 +255,7 @@ class Primary:
             delta = fresh.workers - self.settings.workers
             self.settings = fresh
             self.policy.timing = timing_for(fresh, self.notifier.watchdog_interval)
+            self.policy.limits = limits_for(fresh)
             if delta:
                 self.events.append(events.ScaleRequested(delta, now))
         self.events.append(events.ReloadRequested(now, "SIGHUP"))
@@ -231,9 +274,11 @@ class Primary:
                 self.events.append(events.LoaderExited(generation, describe_status(status)[0], now))
             elif pid in self.pids:
                 self._worker_exited(pid, status, now)
-            elif self.policy.preload and len(self.unclaimed_exits) < 1024:
-                # A worker forked by a loader can die before the loader's "forked" names it.
+            elif self.policy.preload:
+                # A worker forked by a loader can die before it or its loader named it. Bounded: the oldest go.
                 self.unclaimed_exits[pid] = status
+                while len(self.unclaimed_exits) > 1024:
+                    del self.unclaimed_exits[next(iter(self.unclaimed_exits))]
 
     def _worker_exited(self, pid: int, status: int, now: float) -> None:
         wid = self.pids.pop(pid)
@@ -243,7 +288,9 @@ class Primary:
             self.requests_retired += w.requests
             self.board.set(balance.cell_of(w.slot, w.generation), None)
         self._close_channel(self.channels, wid)
-        self.events.append(events.WorkerExited(wid, description, clean, now))
+        self.pending_signals.pop(wid, None)
+        signame = description.removeprefix("killed by ") if description.startswith("killed by ") else None
+        self.events.append(events.WorkerExited(wid, description, clean, now, signame))
 
     # -------------------------------------------------------------------------------------- the policy
 
@@ -269,23 +316,31 @@ class Primary:
                             os.kill(loader_pid, signum)
             case events.Signal(wid, signum, _reason):
                 pid = self._pid(wid)
-                if pid is not None:
+                if pid is None:  # a loader has not named it yet: deliver as soon as its pid is known
+                    self.pending_signals.setdefault(wid, []).append(signum)
+                else:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signum)
             case events.Ping(wid, seq):
                 sock = self.channels.get(wid)
                 if sock is not None:
                     channel.send(sock, channel.encode("ping", seq=seq))
-            case events.Report(event, message, wid, warning):
-                self._report(event, message, wid, warning)
+            case events.SetRequestLimit(wid, limit):
+                sock = self.channels.get(wid)
+                if sock is not None:
+                    channel.send(sock, channel.encode("limit", requests=limit))
+            case events.Report(event, message, wid, warning, fields):
+                self._report(event, message, wid, warning, dict(fields))
             case events.PoolReady():
                 ready = f"ready: {self.policy.ready_count()} workers serving"
                 log.event("ready", f"pool {ready} (pid {os.getpid()})", generation=self.policy.generation)
                 self.notifier.ready(self.status_line())
+                hooks.run("when_ready", self.when_ready, self.status())
             case events.ReloadStarted(generation):
                 self.waiters.by_generation.setdefault(generation, []).extend(self.waiters.next_reload)
                 self.waiters.next_reload = []
                 self.notifier.reloading(f"reloading to generation {generation}")
+                hooks.run("on_reload", self.on_reload, generation)
             case events.ReloadFinished(generation, ok, reason):
                 self._answer_reload_waiters(generation, ok, reason)
                 if self.policy.phase is not policy.PoolPhase.STOPPING:
@@ -300,11 +355,10 @@ class Primary:
         if self.policy.reloading:
             self.notifier.extend_timeout(self.settings.boot_timeout + self.settings.graceful_timeout + 10)
 
-    def _report(self, event: str, message: str, wid: int | None, warning: bool) -> None:
-        fields: dict[str, Any] = {}
+    def _report(self, event: str, message: str, wid: int | None, warning: bool, fields: dict[str, Any]) -> None:
         w = self.policy.workers.get(wid) if wid is not None else None
         if w is not None:
-            fields = {"worker_pid": w.pid, "generation": w.generation, "slot": w.slot}
+            fields = {"worker_pid": w.pid, "generation": w.generation, "slot": w.slot, **fields}
         log.event(event, message, warning=warning, **fields)
 
     def _pid(self, wid: int) -> int | None:
@@ -392,12 +446,20 @@ class Primary:
         self.selector.register(sock, selectors.EVENT_READ, lambda _m, w=wid: self._on_channel(w))
 
     def _worker_forked(self, wid: int, pid: int, now: float) -> None:
-        self.pids[pid] = wid
-        self.events.append(events.WorkerForked(wid, pid, now))
+        """A worker's pid is known: from fork (lazy), its own hello, or its loader's "forked" (preload)."""
         w = self.policy.workers.get(wid)
-        slot, generation = (w.slot, w.generation) if w else (None, None)
-        log.event("spawn", f"worker {pid} spawned (slot {slot}, generation {generation})",
-                  worker_pid=pid, generation=generation, slot=slot)
+        if pid in self.pids or w is None or w.pid is not None:
+            if w is None:  # already gone (its channel closed before anyone named it): reap, don't adopt
+                self.unclaimed_exits.pop(pid, None)
+            return
+        self.pids[pid] = wid
+        w.pid = pid  # now, not when the event is handled: a Signal decided in between must reach it
+        self.events.append(events.WorkerForked(wid, pid, now))
+        log.event("spawn", f"worker {pid} spawned (slot {w.slot}, generation {w.generation})",
+                  worker_pid=pid, generation=w.generation, slot=w.slot)
+        for signum in self.pending_signals.pop(wid, []):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
         status = self.unclaimed_exits.pop(pid, None)
         if status is not None:  # it died before the loader told us its pid
             self._worker_exited(pid, status, now)
@@ -427,7 +489,7 @@ class Primary:
         if sock is None:
             return
         now = time.monotonic()
-        for message in self._receive(sock, f"the loader of generation {generation}"):
+        for message in self._receive(sock, f"the loader of generation {generation}")[0]:
             kind = message["t"]
             if kind == "ready":
                 self.events.append(events.LoaderReady(generation, now))
@@ -455,28 +517,39 @@ class Primary:
         if sock is None:
             return
         now = time.monotonic()
-        for message in self._receive(sock, f"worker {self._pid(wid)}"):
+        messages, errors, closed = self._receive(sock, f"worker {self._pid(wid)}")
+        for message in messages:
             self._on_message(wid, message, now)
+        if errors:
+            self.events.append(events.WorkerMisbehaved(wid, errors[0], now))
+        if closed and self._pid(wid) is None and wid in self.policy.workers:
+            # Its only holder (the worker, or the loader about to fork it) is gone before anyone named it.
+            self._close_channel(self.channels, wid)
+            self.pending_signals.pop(wid, None)
+            self.events.append(events.WorkerExited(wid, "gone before its pid was known", False, now))
 
-    def _receive(self, sock: socket.socket, sender: str) -> list[dict[str, Any]]:
-        """Every message waiting on a channel; malformed ones are logged and dropped, EOF unregisters it."""
+    def _receive(self, sock: socket.socket, sender: str) -> tuple[list[dict[str, Any]], list[str], bool]:
+        """Every message waiting on a channel, what was wrong with malformed ones (logged and dropped), and
+        whether the peer closed its end (then the channel is unregistered)."""
         messages: list[dict[str, Any]] = []
+        errors: list[str] = []
         while True:
             try:
                 raw = sock.recv(channel.recv_size())
             except (BlockingIOError, InterruptedError):
-                return messages
+                return messages, errors, False
             except OSError:
                 raw = b""
             if not raw:
                 # The peer closed its end (it is exiting); its exit status arrives with SIGCHLD.
                 with contextlib.suppress(KeyError, ValueError):
                     self.selector.unregister(sock)
-                return messages
+                return messages, errors, True
             try:
                 messages.append(channel.decode(raw, self.settings.max_message_bytes))
             except channel.ChannelError as exc:
                 log.event("channel", f"dropped a message from {sender}: {exc}", warning=True)
+                errors.append(str(exc))
 
     def _boot_error(self, message: dict[str, Any], **fields: Any) -> str:
         """Log a boot error's traceback once (every worker of a broken app sends the same one)."""
@@ -494,31 +567,30 @@ class Primary:
         elif kind == "draining":
             self.events.append(events.WorkerDraining(wid, now))
         elif kind == "pong":
-            seq, requests = message.get("seq"), message.get("requests")
-            if isinstance(seq, int) and isinstance(requests, int):
-                self.events.append(events.Pong(wid, seq, requests, now))
+            pong = _pong_event(wid, message, now, status.rss_bytes(self._pid(wid)))
+            if pong is None:
+                self.events.append(events.WorkerMisbehaved(wid, "a malformed pong", now))
+            else:
+                self.events.append(pong)
+        elif kind == "hello":
+            if isinstance(message.get("pid"), int) and message["pid"] > 0:
+                self._worker_forked(wid, message["pid"], now)
         elif kind == "boot_error":
             error = self._boot_error(message, worker_pid=self._pid(wid))
             self.events.append(events.WorkerBootError(wid, error, now))
         elif kind == "broadcast":
             self._relay(wid, message)
         else:
-            log.event("channel", f"dropped a message of unknown type {kind!r} from worker {self._pid(wid)}",
-                      warning=True)
+            log.event("channel", f"a message of unknown type {kind!r} from worker {self._pid(wid)}", warning=True)
+            self.events.append(events.WorkerMisbehaved(wid, f"a message of unknown type {kind!r}", now))
 
     def _relay(self, sender: int, message: dict[str, Any]) -> None:
-        topic = message.get("topic")
-        if not isinstance(topic, str):
-            log.event("broadcast", "dropped a broadcast without a string topic", warning=True)
-            return
-        payload = channel.encode("message", topic=topic, data=message.get("data"), sender=self._pid(sender))
-        for wid, sock in self.channels.items():
-            w = self.policy.workers.get(wid)
-            if wid == sender or w is None or w.state is WorkerState.DRAINING:
-                continue
-            if not channel.send(sock, payload):
-                log.event("broadcast", f"worker {w.pid} is not reading its channel: {topic!r} dropped for it",
-                          warning=True)
+        """To every other serving worker, through corepool.relay: bounded queues, a rate guard, never blocking."""
+        from corepool import relay
+
+        serving = {wid: (w.pid, sock) for wid, sock in self.channels.items()
+                   if (w := self.policy.workers.get(wid)) is not None and w.state is not WorkerState.DRAINING}
+        relay.of(self.selector).forward(sender, self._pid(sender), message, serving, self.settings.max_message_bytes)
 
     # -------------------------------------------------------------------------------------- control
 
@@ -614,6 +686,23 @@ class Primary:
         else:
             log.event("watchdog", "no worker answered a health ping within WatchdogSec: not feeding the watchdog",
                       warning=True)
+
+
+def _pong_event(wid: int, message: dict[str, Any], now: float, rss: int | None) -> events.Pong | None:
+    """A worker's pong (or unsolicited stats) as an event; None when its fields are not what a worker sends."""
+    seq, requests, oldest = message.get("seq"), message.get("requests"), message.get("oldest")
+    counts = [message.get(key, 0) for key in ("inflight", "busy_threads", "threads")]
+    if not (seq is None or isinstance(seq, int)) or not isinstance(requests, int):
+        return None
+    if not all(isinstance(n, int) for n in counts):
+        return None
+    oldest_age: float | None = None
+    oldest_label: str | None = None
+    if oldest is not None:
+        if not (isinstance(oldest, list) and len(oldest) == 2 and isinstance(oldest[0], (int, float))):
+            return None
+        oldest_age, oldest_label = float(oldest[0]), str(oldest[1])[:200]
+    return events.Pong(wid, seq, requests, now, counts[0], oldest_age, oldest_label, counts[1], counts[2], rss)
 
 
 def _become_subreaper() -> bool:

@@ -40,6 +40,10 @@ def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
                 "state": w.state.value,
                 "uptime": round(now - w.spawned_at, 3),
                 "requests": w.requests,
+                "inflight": w.inflight,
+                "oldest_request": None if w.oldest is None else {"request": w.oldest, "running": w.oldest_age},
+                "busy_threads": w.busy_threads,
+                "threads": w.threads,
                 "rss_bytes": rss_bytes(w.pid),
                 "last_pong_ago": None if w.last_pong_at is None else round(now - w.last_pong_at, 3),
             }
@@ -52,6 +56,7 @@ def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
                 "failures": s.failures,
                 "retry_in": None if s.retry_at is None else round(max(0.0, s.retry_at - now), 3),
                 "last_error": s.last_error,
+                "deaths": dict(sorted(s.deaths.items())),
             }
             for s in sorted(p.slots.values(), key=lambda s: s.index)
         ],
@@ -68,7 +73,20 @@ def line(p: Policy, requests: int) -> str:
     backing_off = [s.index for s in p.slots.values() if s.retry_at is not None]
     if backing_off:
         text += f"; backing off slots {backing_off}"
+    deaths = death_counts(p)
+    unplanned = {cause: n for cause, n in deaths.items() if cause not in ("reload", "stop", "scale", "recycle")}
+    if unplanned:
+        text += "; deaths: " + ", ".join(f"{n} {cause}" for cause, n in sorted(unplanned.items()))
     return text
+
+
+def death_counts(p: Policy) -> dict[str, int]:
+    """Worker ends by cause, over every slot."""
+    total: dict[str, int] = {}
+    for slot in p.slots.values():
+        for cause, n in slot.deaths.items():
+            total[cause] = total.get(cause, 0) + n
+    return total
 
 
 def rss_bytes(pid: int | None) -> int | None:
@@ -106,15 +124,20 @@ def format_text(status: dict[str, Any]) -> str:
         lines.append(f"last reload: generation {last['generation']} {verdict} {ago} ago: {last['reason']}")
     if status.get("config_error"):
         lines.append(f"config not reloaded: {status['config_error']}")
-    header = ("SLOT", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "RSS", "LAST PONG")
-    lines.append("{:>4} {:>7} {:>4} {:<9} {:>8} {:>9} {:>8} {:>10}".format(*header))
+    header = ("SLOT", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "IN FLIGHT", "THREADS", "RSS", "LAST PONG")
+    lines.append("{:>4} {:>7} {:>4} {:<9} {:>8} {:>9} {:>9} {:>7} {:>8} {:>10}".format(*header))
     for w in status["workers"]:
+        threads = f"{w.get('busy_threads', 0)}/{w['threads']}" if w.get("threads") else "-"
         lines.append(
             f"{w['slot']:>4} {w['pid'] or '-':>7} {w['generation']:>4} {w['state']:<9} {_seconds(w['uptime']):>8} "
-            f"{w['requests']:>9} {_mib(w['rss_bytes']):>8} {_seconds(w['last_pong_ago']):>10}"
+            f"{w['requests']:>9} {w.get('inflight', 0):>9} {threads:>7} {_mib(w['rss_bytes']):>8} "
+            f"{_seconds(w['last_pong_ago']):>10}"
         )
     for s in status["slots"]:
         if s["failures"] or s["retry_in"] is not None:
             retry = f", retry in {_seconds(s['retry_in'])}" if s["retry_in"] is not None else ""
             lines.append(f"slot {s['slot']}: {s['failures']} failures in a row{retry} (backoff): {s['last_error']}")
+        if s.get("deaths"):
+            counts = ", ".join(f"{n} {cause}" for cause, n in s["deaths"].items())
+            lines.append(f"slot {s['slot']}: worker ends by cause: {counts}")
     return "\n".join(lines)

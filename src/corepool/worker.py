@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from corepool import apps, bus, channel, log
+from corepool import apps, bus, channel, hooks, log
 from corepool.balance import Board
 from corepool.settings import HttpOptions
 from corepool.systemd import PRIMARY_ONLY_VARIABLES
@@ -65,6 +65,8 @@ class WorkerLink:
         # What the pong reports: requests served, in-flight requests and the oldest one, busy threads...
         # Answered by the serving loop itself: a busy app thread pool is not a dead worker.
         self.stats: Callable[[], dict[str, Any]] = lambda: {"requests": 0}
+        # max_requests: the primary tells the worker its limit; the engine reports on its own on reaching it.
+        self.on_request_limit: Callable[[int], None] = lambda _limit: None
         self.on_primary_gone: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -107,6 +109,8 @@ class WorkerLink:
         kind = message["t"]
         if kind == "ping":
             self.send("pong", seq=message.get("seq"), **self.stats())
+        elif kind == "limit" and isinstance(message.get("requests"), int):
+            self.on_request_limit(message["requests"])
         elif kind == "message":
             self._deliver(str(message.get("topic")), message.get("data"))
 
@@ -193,10 +197,20 @@ def _serve(spec: WorkerSpec, link: WorkerLink, routes: list[engines.Route]) -> i
     from corepool import engines
 
     try:
+        post_fork = hooks.load("post_fork", spec.post_fork, spec.app_dir)
+        worker_exit = hooks.load("worker_exit", spec.worker_exit, spec.app_dir)
+        failure = hooks.run("post_fork", post_fork, spec.slot, spec.generation)
+        if failure is not None:
+            raise failure
+    except apps.AppLoadError as exc:
+        link.send("boot_error", error=str(exc), detail=exc.detail[-8000:])
+        return EXIT_BOOT_FAILED
+    try:
         return engines.serve(routes, link, spec)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_BOOT_FAILED
     finally:
+        hooks.run("worker_exit", worker_exit, spec.slot, spec.generation)
         sys.stdout.flush()
 
 

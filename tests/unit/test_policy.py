@@ -91,15 +91,21 @@ def test_boot_failure_before_the_pool_was_ever_ready_aborts_start() -> None:
     assert exit_.code == 1 and "ImportError" in exit_.reason
 
 
-def test_crash_after_ready_is_replaced_at_once_then_backs_off_when_repeated() -> None:
-    h = Harness(workers=1, stable_after=5, backoff_base=0.5, backoff_max=4)
+def test_ready_workers_that_die_are_replaced_at_once_boot_failures_back_off() -> None:
+    h = Harness(workers=1, backoff_base=0.5, backoff_max=4)
     h.start()
     h.ready_all()
-    h.at(100.0)
-    wid = h.ready()[0]
-    assert kinds(h.exit(wid), ev.Spawn)  # stable worker died: replaced at once
+    for i in range(5):  # a request of death, hit again and again: every death is replaced at once
+        h.at(1.0 + i * 0.3)
+        wid = h.ready()[0]
+        assert kinds(h.exit(wid), ev.Spawn), "a worker that was ready is replaced at once"
+        h.ready_all()
+    assert h.policy.slots[0].deaths == {"crash": 5}
     delays = []
-    for _ in range(6):
+    wid = h.ready()[0]
+    h.exit(wid)
+    assert kinds(h.exit(h.booting()[0], description="exit code 3"), ev.Spawn), "a first boot failure: at once"
+    for _ in range(6):  # then code that cannot boot: the slot backs off
         new = h.booting()[0]
         out = h.exit(new, description="exit code 3")
         assert not kinds(out, ev.Spawn)
@@ -107,11 +113,12 @@ def test_crash_after_ready_is_replaced_at_once_then_backs_off_when_repeated() ->
         assert slot.retry_at is not None
         delays.append(slot.retry_at - h.now)
         assert kinds(h.at(slot.retry_at), ev.Spawn)
-    assert delays == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    assert delays == pytest.approx([0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
+    assert h.policy.slots[0].deaths["boot"] == 7
     h.ready_all()
-    h.at(h.now + 10)
     wid = h.ready()[0]
-    assert kinds(h.exit(wid), ev.Spawn), "a worker that stayed up resets the backoff"
+    assert kinds(h.exit(wid), ev.Spawn), "a worker that was ready resets the backoff"
+    assert h.policy.slots[0].failures == 0
 
 
 def test_health_ping_and_kill_on_missing_pong() -> None:

@@ -39,6 +39,7 @@ class RequestTracker:
         self.total = 0
         self.websockets = 0
         self.inflight: dict[int, tuple[float, str]] = {}  # key -> (monotonic start, "METHOD /path")
+        self.after_request: Callable[[], None] | None = None  # set while a max_requests limit is pending
         self._keys = itertools.count()
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -61,6 +62,8 @@ class RequestTracker:
         finally:
             del self.inflight[key]
             self.total += 1
+            if self.after_request is not None:
+                self.after_request()
 
     async def _run(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any],
                    label: str) -> None:
