@@ -19,14 +19,20 @@ A message is a JSON object whose ``"t"`` names its type:
 
 from __future__ import annotations
 
+import fcntl
 import json
 import socket
+import struct
+import termios
 from typing import Any
 
 DEFAULT_MAX_MESSAGE = 64 * 1024
 # Room for the envelope around a payload of max_message bytes.
 _ENVELOPE = 1024
 _BUFFER = 4 * (DEFAULT_MAX_MESSAGE + _ENVELOPE)
+# The largest message a channel carries whole: one recv() of recv_size() bytes, with room for the few bytes the
+# primary adds when it relays a broadcast ("sender"). A broadcast larger than this is refused whatever the setting.
+MAX_FRAME = _BUFFER - _ENVELOPE
 
 
 class ChannelError(ValueError):
@@ -54,8 +60,8 @@ def decode(raw: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE) -> dict[str, Any]:
         raise ChannelError(f"message of {len(raw)} bytes is over the {max_bytes}-byte limit")
     try:
         message = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ChannelError(f"message is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5,000-digit number, [[[[...
+        raise ChannelError(f"message is not JSON: {type(exc).__name__}: {str(exc)[:200]}") from None
     if not isinstance(message, dict) or not isinstance(message.get("t"), str):
         raise ChannelError('message is not a JSON object with a string "t"')
     return message
@@ -73,3 +79,26 @@ def send(sock: socket.socket, payload: bytes) -> bool:
     except (BlockingIOError, BrokenPipeError, ConnectionResetError, OSError):
         return False
     return True
+
+
+def queued_bytes(sock: socket.socket) -> int:
+    """Bytes sent on ``sock`` that its peer has not read yet, as the kernel charges them (SIOCOUTQ)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except (OSError, ValueError):
+        return 0
+    return int(struct.unpack("i", raw)[0])
+
+
+def has_room(sock: socket.socket) -> bool:
+    """True while less than half of the send buffer is taken.
+
+    Bulk senders (queued broadcasts) stop there, so the other half stays free for pings, pongs and the
+    lifecycle messages: a broadcast flood never makes a health ping fail. The kernel reports the socket
+    writable again once a quarter of its buffer is in use.
+    """
+    try:
+        limit = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+    except OSError:
+        return False
+    return queued_bytes(sock) < limit
