@@ -70,7 +70,7 @@ FIELDS: tuple[Field, ...] = (
     Field("max_message_bytes", int, "largest broadcast payload, in bytes", minimum=16),
     Field("backlog", int, "listen backlog of the sockets corepool binds", minimum=1),
     Field("access_log", bool, "log every request (costs throughput)"),
-    Field("access_log_format", str, "access log line, in gunicorn's atoms: %(h)s %(r)s %(s)s %(b)s %(M)s ..."),
+    Field("access_log_format", str, "access log line, in gunicorn's atoms: %%(h)s %%(r)s %%(s)s %%(b)s %%(M)s ..."),
     Field("log_level", str, "debug, info, warning or error", choices=LOG_LEVELS),
     # Crash policy, liveness and recycling.
     Field("threads", int, "WSGI app threads per worker", minimum=1),
