@@ -1,7 +1,9 @@
 """Talking to systemd: sd_notify(3) messages and the watchdog interval.
 
-libsystemd (systemd-python's ``systemd.daemon.notify``) is used where it loads; the pure-Python ``sdnotify``
-only where it does not; without ``NOTIFY_SOCKET`` every call is a no-op. Only the primary talks to systemd
+libsystemd (systemd-python's ``systemd.daemon.notify``, the optional ``corepool[systemd]`` extra, or the
+distribution's python3-systemd) is used where it loads; the pure-Python ``sdnotify`` (a hard dependency, so that
+``pip install corepool`` needs no compiler) where it does not: READY=1, the watchdog and the fd store work with
+either. Without ``NOTIFY_SOCKET`` every call is a no-op. Only the primary talks to systemd
 (``NotifyAccess=main`` is enough): every forked process removes ``NOTIFY_SOCKET`` and ``WATCHDOG_*`` from its
 environment first (:data:`PRIMARY_ONLY_VARIABLES`); the primary keeps them, because libsystemd reads
 ``NOTIFY_SOCKET`` on every call.
@@ -9,8 +11,10 @@ environment first (:data:`PRIMARY_ONLY_VARIABLES`); the primary keeps them, beca
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import socket
 import time
 from collections.abc import Callable, MutableMapping
 
@@ -40,8 +44,13 @@ def _sdnotify_sender() -> Sender | None:
     notifier = sdnotify.SystemdNotifier()
 
     def send(message: str, fds: list[int] | None = None) -> None:
-        if not fds:  # sdnotify cannot pass file descriptors
+        if not fds:
             notifier.notify(message)
+        elif notifier.socket is not None:
+            # sdnotify cannot pass file descriptors (FDSTORE=1): send them as SCM_RIGHTS on its connected socket,
+            # as sd_pid_notify_with_fds(3) does; like sdnotify, a notification that cannot be sent is dropped.
+            with contextlib.suppress(OSError):
+                socket.send_fds(notifier.socket, [message.encode()], fds)
 
     return send
 
@@ -87,7 +96,7 @@ class Notifier:
 
     @property
     def can_store_fds(self) -> bool:
-        return self.backend == "libsystemd"
+        return self.enabled  # both senders pass file descriptors
 
     def store_fds(self, named: list[tuple[str, int]], names_to_drop: set[str]) -> None:
         """Keep sockets in systemd's fd store (needs FileDescriptorStoreMax=) so a restart gets them back."""

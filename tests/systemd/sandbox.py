@@ -557,7 +557,8 @@ def _build_venv(checkout: Path, venv: Path) -> None:
         env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
         for argv in (
             [str(HOST_PYTHON), "-m", "venv", str(venv)],
-            [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", src],
+            # [systemd]: systemd-python, for journald's structured fields (the tests read EVENT= etc.)
+            [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", f"{src}[systemd]"],
         ):
             r = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, env=env, timeout=900)
             if r.returncode != 0:
