@@ -82,11 +82,31 @@ def test_watchdog_starves_when_every_worker_is_wedged(pool_factory: Any, notify:
     pool.start(wait=False)
     notify.read(until=lambda m: m.get("READY") == "1")
     notify.read(until=lambda m: m.get("WATCHDOG") == "1")
-    for pid in pool.pids():
+    wedged = pool.pids()
+    for pid in wedged:
         os.kill(pid, signal.SIGSTOP)
-    time.sleep(1.5)  # the last pongs age past the watchdog window
-    notify.read(timeout=0.3)  # what was sent before that
-    notify.messages.clear()
-    notify.read(timeout=2)
-    assert not any(m.get("WATCHDOG") == "1" for m in notify.messages), notify.messages
-    assert "not feeding the watchdog" in pool.log()
+    try:
+        time.sleep(1.5)  # the last pongs age past the watchdog window
+        notify.read(timeout=0.3)  # what was sent before that
+        notify.messages.clear()
+        notify.read(timeout=2)
+        assert not any(m.get("WATCHDOG") == "1" for m in notify.messages), notify.messages
+        assert "not feeding the watchdog" in pool.log()
+    finally:
+        for pid in wedged:  # so that they can drain and exit with the pool: no stopped process left behind
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_a_notify_socket_that_went_away_does_not_kill_the_primary(pool_factory: Any, notify: NotifySocket) -> None:
+    """sd_notify errors are logged and survived: the stop still drains every worker and exits 0."""
+    pool = pool_factory("corepool.demo:app", workers=2, env={"NOTIFY_SOCKET": notify.path})
+    pool.start(wait=False)
+    notify.read(until=lambda m: m.get("READY") == "1")
+    workers = pool.pids()
+    notify.sock.close()
+    os.unlink(notify.path)
+    pool.signal(signal.SIGTERM)
+    assert pool.wait_exit(timeout=20) == 0, pool.log()
+    assert "sd_notify" in pool.log() and "Traceback" not in pool.log()
+    for pid in workers:
+        assert not os.path.exists(f"/proc/{pid}"), f"worker {pid} outlived its primary"
