@@ -109,6 +109,22 @@ FIELDS: tuple[Field, ...] = (
     Field("server_header", bool, "send a Server: header"),
     Field("date_header", bool, "send a Date: header"),
     Field("reload", bool, "development: roll the pool when a .py file under app_dir changes"),
+    # Observability and canary reloads.
+    Field("metrics_bind", str, "HOST:PORT or unix:PATH of the Prometheus metrics endpoint (default: off, or the "
+          "systemd socket named metrics)"),
+    Field("canary_seconds", float, "after a reload's first new worker is ready, watch it this long before rolling "
+          "on (0: no canary)", minimum=0.0),
+    Field("canary_max_error_rate", float, "roll back when the canary's 5xx rate exceeds the old generation's by "
+          "more than this (0.02: two points)", minimum=0.0),
+    Field("canary_max_p99_ratio", float, "roll back when the canary's p99 latency exceeds the old generation's "
+          "by more than this factor", minimum=1.0),
+    # Many hosts.
+    Field("broadcast", str, "broadcast backend: local, or redis://HOST:PORT/DB to reach every host's workers"),
+    Field("broadcast_channel", str, "the Redis pub/sub channel pools of one service share"),
+    Field("health_bind", str, "HOST:PORT or unix:PATH of the load-balancer health endpoint (default: off, or the "
+          "systemd socket named health)"),
+    Field("drain_seconds", float, "on corepool drain or stop, seconds the health endpoint answers 503 while "
+          "the pool still serves, before connections close", minimum=0.0),
 )
 FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
@@ -163,6 +179,14 @@ class Settings:
     server_header: bool = True
     date_header: bool = True
     reload: bool = False
+    metrics_bind: str | None = None
+    canary_seconds: float = 0.0
+    canary_max_error_rate: float = 0.02
+    canary_max_p99_ratio: float = 2.0
+    broadcast: str = "local"
+    broadcast_channel: str = "corepool"
+    health_bind: str | None = None
+    drain_seconds: float = 10.0
     config_path: str | None = None
 
     def control_path(self) -> str:
@@ -337,9 +361,21 @@ def load(config_path: str | None = None, flags: Mapping[str, Any] | None = None)
     for hook in HOOKS:
         if values.get(hook) is not None and not APP_SPEC.fullmatch(values[hook]):
             raise SettingsError(f"{hook}: {values[hook]!r} is not module:callable (for example myhooks:{hook})")
+    _check_binds(values.get("bind", ()), "flag" if flags and flags.get("bind") is not None else config_path or "flag")
     if values.get("routes") and values.get("interface") == "raw":
         raise SettingsError("routes: a raw handler owns its sockets; remove routes or use interface asgi/wsgi/auto")
     return Settings(config_path=config_path, **values)
+
+
+def _check_binds(binds: tuple[str, ...], source: str) -> None:
+    """Refuse a --bind address that could never be bound (bad syntax, port out of range) as a usage error."""
+    from corepool.listeners import ListenerError, parse_bind
+
+    for spec in binds:
+        try:
+            parse_bind(spec)
+        except ListenerError as exc:
+            raise SettingsError(f"{exc} ({_where(source, FIELD_BY_NAME['bind'])})") from None
 
 
 HOOKS = ("post_fork", "worker_exit", "when_ready", "on_reload")
