@@ -6,12 +6,11 @@ the scope these set).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable
 from typing import Any
-
-from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from corepool import log
 from corepool.settings import HttpOptions
@@ -20,28 +19,70 @@ App = Callable[..., Any]
 
 
 class ProxyHeaders:
-    """uvicorn's ``X-Forwarded-For``/``X-Forwarded-Proto`` handling (gunicorn's semantics for
-    ``forwarded_allow_ips``), except that a peer on a unix socket is always trusted: only the socket's owner
-    and group can connect to it, so it is the proxy the administrator put there. (uvicorn sees no address on a
-    unix socket, so it never trusts one unless told ``*``.)"""
+    """``X-Forwarded-For``/``X-Forwarded-Proto`` from trusted proxies, with uvicorn's and gunicorn's semantics for
+    ``forwarded_allow_ips`` (addresses, networks, or ``*``): the client is the rightmost ``X-Forwarded-For``
+    entry that is not itself a trusted proxy (with ``*``: the leftmost). A peer on a unix socket is always a
+    trusted proxy: only the socket's owner and group can connect to it. (uvicorn sees no address on a unix
+    socket, so it never trusts one unless told ``*``, and then it trusts every entry the client made up.)"""
 
     def __init__(self, app: App, forwarded_allow_ips: str) -> None:
         self.app = app
-        self.by_address = ProxyHeadersMiddleware(app, forwarded_allow_ips)
-        self.unix = ProxyHeadersMiddleware(app, "*")
+        entries = [e.strip() for e in forwarded_allow_ips.split(",") if e.strip()]
+        self.trust_all = "*" in entries
+        self.networks = [ipaddress.ip_network(e, strict=False) for e in entries if e != "*" and _is_network(e)]
+
+    def trusted(self, host: str) -> bool:
+        if self.trust_all:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope.get("type") not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-        elif _on_unix_socket(scope):
-            await self.unix(scope, receive, send)  # type: ignore[arg-type]
-        else:
-            await self.by_address(scope, receive, send)  # type: ignore[arg-type]
+        if scope.get("type") in ("http", "websocket"):
+            client = scope.get("client")
+            if (client is None and _on_unix_socket(scope)) or (client is not None and self.trusted(client[0])):
+                self._apply(scope)
+        await self.app(scope, receive, send)
+
+    def _apply(self, scope: dict[str, Any]) -> None:
+        proto: str | None = None
+        forwarded: list[str] = []
+        for name, value in scope.get("headers", []):
+            if name == b"x-forwarded-proto":
+                proto = value.decode("latin-1").strip().lower()
+            elif name == b"x-forwarded-for":
+                forwarded += [h.strip() for h in value.decode("latin-1").split(",") if h.strip()]
+        if proto in ("http", "https", "ws", "wss"):
+            scope["scheme"] = proto.replace("http", "ws") if scope["type"] == "websocket" else proto
+        if forwarded:
+            chain = forwarded if self.trust_all else list(reversed(forwarded))
+            host = next((h for h in chain if not self.trusted(_host_of(h))), forwarded[0])
+            scope["client"] = (_host_of(host), 0)
+
+
+def _is_network(entry: str) -> bool:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_of(entry: str) -> str:
+    """An X-Forwarded-For entry without a port: ``1.2.3.4``, ``1.2.3.4:5``, ``[::1]:5`` or ``::1``."""
+    if entry.startswith("["):
+        return entry[1:entry.find("]")] if "]" in entry else entry
+    if entry.count(":") == 1:
+        return entry.split(":", 1)[0]
+    return entry
 
 
 def _on_unix_socket(scope: dict[str, Any]) -> bool:
     server = scope.get("server")
-    return scope.get("client") is None and (server is None or server[1] is None)
+    return server is None or server[1] is None
 
 
 class _Atoms(dict[str, str]):
