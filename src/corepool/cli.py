@@ -92,11 +92,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"serve": _serve, "check": _check, "status": _status, "reload": _reload, "units": _units}[args.command]
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, so a reader that went away (status | head -1) is noticed below
+        return code
     except settings.SettingsError as exc:
         return _fail(EXIT_USAGE, str(exc))
     except control.ControlError as exc:
         return _fail(EXIT_FAILURE, str(exc))
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``corepool status | head -1``): stop quietly, as the Python docs advise.
+
+    stdout is pointed at /dev/null so that the interpreter's own flush at exit does not raise again.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_FAILURE
 
 
 def _load_settings(args: argparse.Namespace) -> settings.Settings:

@@ -1,7 +1,7 @@
 """The control socket: ``corepool status`` and ``corepool reload`` talk to a running primary through it.
 
-A unix stream socket, mode 0600 (only the pool's user). A client sends one JSON object on one line and gets one
-JSON object on one line back; ``{"cmd": "reload", "wait": true}`` gets its answer when the reload is over.
+A unix stream socket, mode 0600. A client sends one JSON object on one line and gets one JSON object on one line
+back; ``{"cmd": "reload", "wait": true}`` gets its answer when the reload is over.
 
 ==========================  ======================================================================
 request                     answer
@@ -12,28 +12,67 @@ request                     answer
 "wait": true}``             (``ok`` false: rolled back, the old workers still serve)
 anything else               ``{"ok": false, "error": "..."}``
 ==========================  ======================================================================
+
+Bad clients cost the primary nothing: a client whose uid (``SO_PEERCRED``, taken at connect) is neither the
+pool's nor root's is answered ``{"ok": false, ...}`` whatever the socket's mode; a request that is not JSON, over
+:data:`MAX_REQUEST` bytes or of an unknown command gets an error answer; a client that sends nothing (or no
+newline) is dropped after :data:`IDLE_TIMEOUT` seconds, or sooner when more than :data:`MAX_CLIENTS` are pending;
+answers are written without blocking, so a client that never reads holds one socket, never the loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 import selectors
 import socket
+import stat
+import struct
+import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corepool import log
 from corepool.listeners import clear_unix_path
 
 MAX_REQUEST = 64 * 1024
+IDLE_TIMEOUT = 10.0  # seconds a client may take to send its request line (or to read its answer)
+MAX_CLIENTS = 64  # clients sending a request or reading an answer at once; the oldest goes beyond that
 Reply = Callable[[dict[str, Any]], None]
 Handler = Callable[[dict[str, Any], Reply], None]
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 class ControlError(Exception):
     """The control socket cannot be created or reached; the message says why and what to do."""
+
+
+class _Stage(enum.Enum):
+    READING = "reading"  # sending its request line
+    WAITING = "waiting"  # handed to the primary (a reload --wait may take minutes)
+    WRITING = "writing"  # its answer is being written
+
+
+@dataclass(eq=False)
+class _Client:
+    sock: socket.socket
+    since: float
+    stage: _Stage = _Stage.READING
+    inbox: bytearray = field(default_factory=bytearray)
+    outbox: bytes = b""
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process that connected ``sock`` (as it was at connect time), or None if unknown."""
+    try:
+        _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except OSError:
+        return None
+    return int(uid)
 
 
 class ControlServer:
@@ -44,8 +83,11 @@ class ControlServer:
         self.selector = selector
         self.handler = handler
         self.sock: socket.socket | None = None
-        self._buffers: dict[socket.socket, bytearray] = {}
+        self.allowed_uids = {os.geteuid(), 0}
+        self.refused = 0  # clients refused for their uid
+        self._clients: dict[socket.socket, _Client] = {}
         self._created_dirs: list[Path] = []
+        self._uids_logged: set[int] = set()
 
     def open(self) -> None:
         directory = Path(self.path).parent
@@ -77,13 +119,14 @@ class ControlServer:
     def fds(self) -> list[int]:
         """Every descriptor this server holds (a forked worker closes them)."""
         socks = [self.sock] if self.sock else []
-        return [s.fileno() for s in [*socks, *self._buffers]]
+        return [s.fileno() for s in [*socks, *self._clients]]
 
     def close(self) -> None:
-        for conn in list(self._buffers):
+        for conn in list(self._clients):
             self._drop(conn)
         if self.sock is not None:
-            self.selector.unregister(self.sock)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.sock)
             self.sock.close()
             self.sock = None
             with contextlib.suppress(OSError):
@@ -92,61 +135,114 @@ class ControlServer:
                 with contextlib.suppress(OSError):
                     directory.rmdir()
 
+    # ---------------------------------------------------------------------------------------- clients
+
     def _accept(self, _mask: int) -> None:
         assert self.sock is not None
+        now = time.monotonic()
+        self._sweep(now)
         while True:
             try:
                 conn, _ = self.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # nothing more to accept, or out of descriptors: the pool goes on either way
                 return
             conn.setblocking(False)
-            self._buffers[conn] = bytearray()
-            self.selector.register(conn, selectors.EVENT_READ, lambda _m, c=conn: self._readable(c))
+            client = _Client(conn, now)
+            self._clients[conn] = client
+            self._evict_beyond_limit()
+            uid = peer_uid(conn)
+            if uid not in self.allowed_uids:
+                self._refuse(client, uid)
+                continue
+            self.selector.register(conn, selectors.EVENT_READ, lambda _m, c=client: self._readable(c))
 
-    def _readable(self, conn: socket.socket) -> None:
+    def _refuse(self, client: _Client, uid: int | None) -> None:
+        self.refused += 1
+        allowed = " and ".join(str(u) for u in sorted(self.allowed_uids, reverse=True))
+        key = -1 if uid is None else uid
+        if key not in self._uids_logged and len(self._uids_logged) < 100:
+            self._uids_logged.add(key)
+            log.event("control", f"refused a control client of uid {uid} (only uid {allowed} may control the "
+                      "pool); further refusals of that uid are not logged", warning=True)
+        self._write(client, {"ok": False, "error": f"uid {uid} may not control this pool (uid {allowed} may)"})
+
+    def _readable(self, client: _Client) -> None:
         try:
-            data = conn.recv(65536)
+            data = client.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
             data = b""
-        buffer = self._buffers.get(conn)
-        if buffer is None:
+        if client.sock not in self._clients:
             return
         if not data:
-            self._drop(conn)  # the client went away (a waiting reload continues regardless)
+            self._drop(client.sock)  # the client went away
             return
-        buffer += data
-        if b"\n" not in buffer:
-            if len(buffer) > MAX_REQUEST:
-                self._answer(conn, {"ok": False, "error": f"request over {MAX_REQUEST} bytes"})
+        client.inbox += data
+        line, newline, _rest = bytes(client.inbox).partition(b"\n")
+        if len(line) > MAX_REQUEST:
+            self._write(client, {"ok": False, "error": f"request over {MAX_REQUEST} bytes"})
             return
-        line = bytes(buffer.split(b"\n", 1)[0])
-        self.selector.unregister(conn)
+        if not newline:
+            return
         try:
             request = json.loads(line)
             if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
                 raise ValueError('expected a JSON object with a string "cmd"')
-        except ValueError as exc:
-            self._answer(conn, {"ok": False, "error": f"bad control request: {exc}"})
+        except (ValueError, RecursionError) as exc:  # bad JSON or UTF-8, a 5,000-digit number, [[[[...
+            self._write(client, {"ok": False, "error": f"bad control request: {type(exc).__name__}: {exc}"})
             return
-        self.handler(request, lambda answer: self._answer(conn, answer))
+        client.stage = _Stage.WAITING
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(client.sock)
 
-    def _answer(self, conn: socket.socket, answer: dict[str, Any]) -> None:
-        if conn not in self._buffers:
-            return
+        def reply(answer: dict[str, Any]) -> None:
+            self._write(client, answer)
+
         try:
-            conn.setblocking(True)
-            conn.settimeout(1.0)
-            conn.sendall(json.dumps(answer).encode() + b"\n")
+            self.handler(request, reply)
+        except Exception as exc:  # a control request must never take the primary down
+            log.event("control", f"control request {request.get('cmd')!r} failed: {type(exc).__name__}: {exc}",
+                      warning=True)
+            self._write(client, {"ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"})
+
+    def _write(self, client: _Client, answer: dict[str, Any]) -> None:
+        """Queue the one answer and send what the socket takes now; the rest when it is writable."""
+        if client.sock not in self._clients or client.stage is _Stage.WRITING:
+            return  # gone, or answered already
+        client.stage = _Stage.WRITING
+        client.since = time.monotonic()
+        client.outbox = json.dumps(answer).encode() + b"\n"
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(client.sock)
+        self._writable(client)
+        if client.sock in self._clients:
+            self.selector.register(client.sock, selectors.EVENT_WRITE, lambda _m, c=client: self._writable(c))
+
+    def _writable(self, client: _Client) -> None:
+        try:
+            sent = client.sock.send(client.outbox, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+        except (BlockingIOError, InterruptedError):
+            return
         except OSError:
-            pass
-        self._drop(conn)
+            sent = len(client.outbox)  # the client went away: nothing more to do for it
+        client.outbox = client.outbox[sent:]
+        if not client.outbox:
+            self._drop(client.sock)
+
+    def _sweep(self, now: float) -> None:
+        """Drop clients that sent no request line, or read no answer, within IDLE_TIMEOUT."""
+        for client in list(self._clients.values()):
+            if client.stage is not _Stage.WAITING and now - client.since > IDLE_TIMEOUT:
+                self._drop(client.sock)
+
+    def _evict_beyond_limit(self) -> None:
+        pending = [c for c in self._clients.values() if c.stage is not _Stage.WAITING]
+        for client in pending[: max(0, len(pending) - MAX_CLIENTS)]:  # oldest first (dicts keep order)
+            self._drop(client.sock)
 
     def _drop(self, conn: socket.socket) -> None:
-        self._buffers.pop(conn, None)
+        self._clients.pop(conn, None)
         with contextlib.suppress(KeyError, ValueError):
             self.selector.unregister(conn)
         conn.close()
@@ -161,15 +257,24 @@ def request(path: str, payload: dict[str, Any], timeout: float | None = 10.0) ->
             sock.connect(path)
         except FileNotFoundError:
             raise ControlError(f"no control socket at {path}: is the pool running? (pass --control PATH)") from None
+        except ConnectionRefusedError:
+            if not _is_socket(path):
+                raise ControlError(f"{path} is not a control socket (pass --control PATH)") from None
+            raise ControlError(f"nothing listens on {path}: the pool that made it is gone (is it running?)") from None
+        except PermissionError:
+            raise ControlError(f"no permission to use {path}: run as the pool's user or root") from None
         except OSError as exc:
             raise ControlError(f"cannot reach the pool at {path}: {exc.strerror or exc}") from None
-        sock.sendall(json.dumps(payload).encode() + b"\n")
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(json.dumps(payload).encode() + b"\n")  # if the pool refused us, its answer says why
         chunks = bytearray()
         while b"\n" not in chunks:
             try:
                 data = sock.recv(65536)
             except TimeoutError:
                 raise ControlError(f"no answer from the pool at {path} within {timeout:g}s") from None
+            except OSError:
+                data = b""
             if not data:
                 break
             chunks += data
@@ -182,3 +287,10 @@ def request(path: str, payload: dict[str, Any], timeout: float | None = 10.0) ->
     if not isinstance(answer, dict):
         raise ControlError(f"the pool at {path} sent a malformed answer")
     return answer
+
+
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False

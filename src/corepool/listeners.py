@@ -59,8 +59,10 @@ def parse_bind(spec: str) -> tuple[socket.AddressFamily, str | tuple[str, int]]:
             raise ListenerError(f"bind {spec!r}: empty unix socket path (use unix:/run/myapp.sock)")
         return socket.AF_UNIX, path
     host, sep, port_text = spec.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not sep or not port_text.isascii() or not port_text.isdigit():
         raise ListenerError(f"bind {spec!r}: expected HOST:PORT, [IPV6]:PORT or unix:PATH (for example 127.0.0.1:8000)")
+    if int(port_text) > 65535:
+        raise ListenerError(f"bind {spec!r}: port {int(port_text)} is out of range (0 to 65535)")
     if host.startswith("[") and host.endswith("]"):
         return socket.AF_INET6, (host[1:-1], int(port_text))
     if ":" in host:
@@ -143,13 +145,13 @@ def from_systemd(environ: MutableMapping[str, str]) -> tuple[list[Listener], str
     names_text = environ.get("LISTEN_FDNAMES")
     for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
         environ.pop(key, None)
-    if not pid_text.isdigit():
+    if not (pid_text.isascii() and pid_text.isdigit()):
         raise ListenerError(
             f"LISTEN_PID={pid_text!r} is not a process id (unset LISTEN_FDS/LISTEN_PID or fix the unit)"
         )
     if int(pid_text) != os.getpid():
         return [], f"LISTEN_PID={pid_text} is not this process ({os.getpid()}): ignoring LISTEN_FDS={count_text}"
-    if not count_text.isdigit():
+    if not (count_text.isascii() and count_text.isdigit()):
         raise ListenerError(f"LISTEN_FDS={count_text!r} is not a number of file descriptors (fix the unit or unset it)")
     count = int(count_text)
     names = names_text.split(":") if names_text else []
@@ -157,11 +159,16 @@ def from_systemd(environ: MutableMapping[str, str]) -> tuple[list[Listener], str
         raise ListenerError(
             f"LISTEN_FDNAMES={names_text!r} names {len(names)} fds but LISTEN_FDS={count} (fix FileDescriptorName=)"
         )
-    listeners = []
-    for i in range(count):
-        fd = SD_LISTEN_FDS_START + i
-        name = names[i] if names else f"fd{fd}"
-        listeners.append(_adopt(fd, name))
+    listeners: list[Listener] = []
+    try:
+        for i in range(count):
+            fd = SD_LISTEN_FDS_START + i
+            name = names[i] if names else f"fd{fd}"
+            listeners.append(_adopt(fd, name))
+    except ListenerError:
+        for lst in listeners:
+            lst.close()
+        raise
     return listeners, None
 
 

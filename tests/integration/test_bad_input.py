@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from corepool.control import MAX_CLIENTS, MAX_REQUEST
+from tests.integration.conftest import Pool
 from tests.support import APPS, free_port
 
 
@@ -74,8 +84,26 @@ def test_unbindable_address_is_a_start_failure(tmp_path: Path) -> None:
         out = corepool("serve", "corepool.demo:app", "--bind", f"127.0.0.1:{port}", "--control", str(tmp_path / "c"))
     assert out.returncode == 1
     assert f"cannot bind 127.0.0.1:{port}" in one_line(out)
-    out = corepool("serve", "corepool.demo:app", "--bind", "localhost", "--control", str(tmp_path / "c"))
-    assert out.returncode == 1 and "expected HOST:PORT" in one_line(out)
+    assert not (tmp_path / "c").exists(), "nothing left behind"
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+@pytest.mark.parametrize(("bind", "message"), [
+    ("nonsense", "bind 'nonsense': expected HOST:PORT"),
+    ("localhost", "bind 'localhost': expected HOST:PORT"),
+    ("127.0.0.1:99999", "bind '127.0.0.1:99999': port 99999 is out of range"),
+    ("::1:80", "put IPv6 addresses in brackets"),
+    ("unix:", "empty unix socket path"),
+])
+def test_a_bind_address_that_can_never_work_is_a_usage_error(command: str, bind: str, message: str,
+                                                               tmp_path: Path) -> None:
+    out = corepool(command, "corepool.demo:app", "--bind", bind, "--control", str(tmp_path / "c"))
+    assert out.returncode == 2 and message in one_line(out)
+    config = tmp_path / "pool.toml"
+    config.write_text(f'app = "corepool.demo:app"\nbind = ["127.0.0.1:8000", "{bind}"]\n')
+    out = corepool(command, "--config", str(config), "--control", str(tmp_path / "c"))
+    assert out.returncode == 2 and message in one_line(out) and f"fix 'bind' in {config}" in one_line(out)
+    assert not (tmp_path / "c").exists()
 
 
 def test_app_that_fails_to_import_at_start(tmp_path: Path) -> None:
@@ -126,10 +154,87 @@ def test_bad_listen_fds_environment(tmp_path: Path) -> None:
     assert out.returncode == 1 and "fd 3 (fd3) is not a socket" in one_line(out)
 
 
-def test_status_without_a_pool_says_how_to_fix(tmp_path: Path) -> None:
-    out = corepool("status", "--control", str(tmp_path / "none.sock"))
+_PLACE_FDS = """
+import fcntl, os, sys
+fds = [int(x) for x in sys.argv[1].split(",") if x]
+high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in fds]  # out of the way of the targets first
+for i, fd in enumerate(high):
+    os.dup2(fd, 3 + i)
+    os.close(fd)
+env = dict(os.environ, LISTEN_FDS=sys.argv[2], LISTEN_PID=sys.argv[3] or str(os.getpid()))
+os.execve(sys.executable, [sys.executable, "-m", "corepool", "serve", *sys.argv[4:]], env)
+"""
+
+
+def _serve_with_sockets(tmp_path: Path, socks: list[socket.socket | int], count: str,
+                        pid: str = "") -> subprocess.CompletedProcess[str]:
+    """corepool serve with ``socks`` at fds 3, 4, ... and LISTEN_FDS=count, as systemd would start it."""
+    fds = [s if isinstance(s, int) else s.fileno() for s in socks]
+    return subprocess.run(
+        [sys.executable, "-c", _PLACE_FDS, ",".join(map(str, fds)), count, pid, "corepool.demo:app",
+         "--control", str(tmp_path / "c")],
+        capture_output=True, text=True, timeout=60, pass_fds=fds,
+    )
+
+
+def _listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+@pytest.mark.parametrize(("count", "pid", "message"), [
+    ("x", "", "LISTEN_FDS='x' is not a number"),
+    ("-1", "", "LISTEN_FDS='-1' is not a number"),
+    ("\u00b2", "", "is not a number"),  # a digit to str.isdigit, not to int()
+    ("", "", "LISTEN_FDS='' is not a number"),
+    ("1", "abc", "LISTEN_PID='abc' is not a process id"),
+    ("2", "", "LISTEN_FDS: fd 4 (fd4) is not open"),  # one socket passed, two announced
+    ("99999999", "", "LISTEN_FDS: fd 4 (fd4) is not open"),
+])
+def test_listen_fds_garbage_and_fds_out_of_range(count: str, pid: str, message: str, tmp_path: Path) -> None:
+    with _listening() as sock:
+        out = _serve_with_sockets(tmp_path, [sock], count, pid)
+    assert out.returncode == 1 and message in one_line(out), out.stderr
+    assert not (tmp_path / "c").exists(), "nothing left behind"
+
+
+@pytest.mark.parametrize("kind", ["udp", "unix-dgram", "tcp-not-listening", "pipe"])
+def test_listen_fds_that_are_not_listening_stream_sockets(kind: str, tmp_path: Path) -> None:
+    keep: list[socket.socket | int] = []
+    if kind == "udp":
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        keep = [udp]
+    elif kind == "unix-dgram":
+        keep = [socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)]
+    elif kind == "tcp-not-listening":
+        keep = [socket.socket()]
+    else:
+        keep = list(os.pipe())  # the read end is passed
+    try:
+        out = _serve_with_sockets(tmp_path, keep[:1], "1")
+    finally:
+        for thing in keep:
+            thing.close() if isinstance(thing, socket.socket) else os.close(thing)
+    expected = "fd 3 (fd3) is not a socket" if kind == "pipe" else "fd 3 (fd3) is not a listening stream socket"
+    assert out.returncode == 1 and expected in one_line(out), out.stderr
+    assert not (tmp_path / "c").exists(), "nothing left behind"
+
+
+@pytest.mark.parametrize("command", ["status", "reload"])
+def test_status_and_reload_without_a_pool_say_how_to_fix(command: str, tmp_path: Path) -> None:
+    out = corepool(command, "--control", str(tmp_path / "none.sock"))
     assert out.returncode == 1
     assert "is the pool running?" in one_line(out)
+    stale = tmp_path / "stale.sock"  # left by a pool that died: a socket file nobody listens on
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(stale))
+    out = corepool(command, "--control", str(stale))
+    assert out.returncode == 1 and f"nothing listens on {stale}" in one_line(out)
+    out = corepool(command, "--control", str(tmp_path))  # a directory
+    assert out.returncode == 1 and f"{tmp_path} is not a control socket" in one_line(out)
 
 
 def test_route_to_an_unknown_socket_name(tmp_path: Path) -> None:
@@ -139,3 +244,123 @@ def test_route_to_an_unknown_socket_name(tmp_path: Path) -> None:
     assert "routes: no socket named metrics (the sockets are named http" in one_line(out)
     out = corepool("check", "corepool.demo:app", "--route", "metrics")
     assert out.returncode == 2 and "metrics = '' is not module:attribute" in one_line(out)
+
+
+# ---- the control socket: bad clients cost the pool nothing ----------------------------------------------------
+
+
+def _ask(path: str, raw: bytes) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(10)
+        sock.connect(path)
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(raw)
+        data = b""
+        while b"\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    return dict(json.loads(data))
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[Pool]:
+    p = Pool(tmp_path, "corepool.demo:app")
+    p.start()
+    yield p
+    p.close()
+
+
+@pytest.mark.parametrize(("raw", "error"), [
+    (b"{nope\n", "bad control request"),
+    (b"[1]\n", 'expected a JSON object with a string "cmd"'),
+    (b'{"cmd": 5}\n', 'expected a JSON object with a string "cmd"'),
+    (b"\xff\xfe\x00\n", "bad control request"),
+    (b"[" * 60000 + b"\n", "bad control request"),  # nesting deep enough to exhaust the parser's recursion
+    (b'{"cmd": "status", "n": ' + b"1" * 5000 + b"}\n", "bad control request"),  # over int's digit limit
+    (b'{"cmd": "explode"}\n', "unknown command 'explode'"),
+    (b"x" * (MAX_REQUEST + 10), f"request over {MAX_REQUEST} bytes"),  # and no newline
+    (b'{"cmd": "status", "pad": "' + b"x" * MAX_REQUEST + b'"}\n', f"request over {MAX_REQUEST} bytes"),
+])
+def test_bad_control_requests_get_an_error_answer(pool: Pool, raw: bytes, error: str) -> None:
+    before = pool.pids()
+    answer = _ask(pool.control, raw)
+    assert answer["ok"] is False and error in answer["error"], answer
+    assert pool.pids() == before and pool.status()["phase"] == "running"
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_clients_that_never_send_cost_a_bounded_number_of_descriptors(pool: Pool) -> None:
+    before_pids, before_fds = pool.pids(), _fd_count(pool.pid)
+    idle = []
+    try:
+        for _ in range(3 * MAX_CLIENTS):
+            sock = socket.socket(socket.AF_UNIX)
+            sock.connect(pool.control)
+            idle.append(sock)
+        idle[-1].sendall(b'{"cmd": "sta')  # half a request, then nothing
+        # Answered after every idle client was accepted (the backlog is first in, first out):
+        assert pool.status()["phase"] == "running"
+        assert _fd_count(pool.pid) <= before_fds + MAX_CLIENTS + 2
+        evicted = 0
+        for sock in idle:
+            sock.settimeout(0.001)
+            with contextlib.suppress(TimeoutError):
+                evicted += sock.recv(1) == b""  # closed by the pool
+        assert evicted >= 2 * MAX_CLIENTS - 2, "the oldest idle clients were dropped"
+    finally:
+        for sock in idle:
+            sock.close()
+    assert pool.pids() == before_pids
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="becoming another uid needs root")
+def test_a_client_of_another_uid_is_refused_whatever_the_socket_mode(tmp_path: Path) -> None:
+    base = Path(tempfile.mkdtemp(prefix="corepool-ctl-"))
+    base.chmod(0o755)
+    control = base / "control.sock"
+    pool = Pool(tmp_path, "corepool.demo:app", "--control", str(control))
+    pool.control = str(control)
+    try:
+        pool.start()
+        control.chmod(0o666)  # as a careless administrator might: the mode no longer keeps anyone out
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child reports through the pipe
+            try:
+                os.close(read_end)
+                os.setgid(65534)
+                os.setuid(65534)  # nobody, before connecting: SO_PEERCRED is taken at connect()
+                os.write(write_end, json.dumps(_ask(str(control), b'{"cmd": "reload"}\n')).encode())
+            except BaseException as exc:
+                os.write(write_end, json.dumps({"child": repr(exc)}).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as fh:
+            answer = json.loads(fh.read())
+        os.waitpid(child, 0)
+        assert answer.get("ok") is False and "uid 65534 may not control this pool" in answer.get("error", ""), answer
+        assert "refused a control client of uid 65534" in pool.log()
+        status = pool.status()  # root (and the pool's own uid) still may
+        assert status["generation"] == 1 and status["phase"] == "running", "no reload happened"
+    finally:
+        pool.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_status_into_a_closed_pipe_exits_quietly(pool: Pool) -> None:
+    """``corepool status | head -1``: the reader goes away; no BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # before the command writes: its first write finds no reader, every time
+    try:
+        out = subprocess.run([sys.executable, "-m", "corepool", "status", "--control", pool.control],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=30)
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in out.stderr and out.stderr == "", out.stderr
+    assert out.returncode == 1

@@ -62,3 +62,69 @@ def test_every_setting_is_declared_once_and_documented() -> None:
     readme = (P(__file__).parents[2] / "README.md").read_text()
     missing = [name for name in declared if f"| `{name}` |" not in readme]
     assert not missing, f"README's settings table lacks {missing}"
+
+
+# ---- every setting, wrong in a flag or in TOML, refused by serve and check alike (generated from FIELDS) ----
+
+
+def _bad_cases() -> list[tuple[str, str, str | None, str | None]]:
+    """(setting, text to find in the error, bad flag value or None, bad TOML value or None) for every setting."""
+    cases: list[tuple[str, str, str | None, str | None]] = []
+    for f in settings.FIELDS:
+        if f.kind is dict:
+            cases.append((f.name, f.name, "metrics", "5"))
+        elif f.repeat:
+            cases += [(f.name, f.name, "nonsense", "5"), (f.name, f.name, "127.0.0.1:99999", '["127.0.0.1:99999"]')]
+        elif f.kind is bool:
+            cases.append((f.name, f.flag, "maybe", '"maybe"'))
+        elif f.kind in (int, float):
+            cases.append((f.name, f.name, "many", '"many"'))
+            if f.minimum is not None:
+                low = f"{f.minimum - 1:g}"
+                cases.append((f.name, f.name, low, low))
+        elif f.choices:
+            cases.append((f.name, f.name, "bogus", '"bogus"'))
+        elif f.name == "app" or f.name in settings.HOOKS:
+            cases.append((f.name, f.name, "nocolon", "5"))
+        else:
+            cases.append((f.name, f.name, None, "5"))  # any text is a valid flag value; a number in TOML is not
+    return cases
+
+
+BAD = _bad_cases()
+
+
+@pytest.mark.parametrize("command", ["serve", "check"])
+@pytest.mark.parametrize(("name", "named", "flag_value", "toml_value"), BAD, ids=[f"{c[0]}-{c[2]}" for c in BAD])
+def test_every_bad_setting_is_refused_by_serve_and_check(
+    command: str, name: str, named: str, flag_value: str | None, toml_value: str | None,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    from corepool import apps, cli, listeners
+
+    def must_not_get_here(*_a: object, **_k: object) -> None:
+        raise AssertionError("a bad setting got past validation")
+
+    monkeypatch.setattr(listeners, "acquire", must_not_get_here)
+    monkeypatch.setattr(apps, "load", must_not_get_here)
+    f = settings.FIELD_BY_NAME[name]
+    runs: list[list[str]] = []
+    if flag_value is not None:
+        flag = [f"{f.flag}={flag_value}"] if f.kind is bool else [f.flag, flag_value]
+        runs.append([command, *([] if name == "app" else ["corepool.demo:app"]),
+                     *(flag if name != "app" else [flag_value])])
+    if toml_value is not None:
+        config = tmp_path / "pool.toml"
+        app_line = "" if name == "app" else 'app = "corepool.demo:app"\n'
+        config.write_text(f"{app_line}{name} = {toml_value}\n")
+        runs.append([command, "--config", str(config)])
+    assert runs
+    for argv in runs:
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code  # type: ignore[assignment]
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2, (argv, err)
+        assert len(lines) == 1 and named in lines[0], (argv, err)
