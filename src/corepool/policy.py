@@ -813,6 +813,12 @@ class Policy:
             return
         w.cause = w.cause or cause
         w.state = WorkerState.DRAINING
+        # A surge in progress ends here: a draining worker needs no successor, a draining successor no longer
+        # takes anyone's place.
+        for other in (self.workers.get(w.successor or -1), self.workers.get(w.predecessor or -1)):
+            if other is not None and w.wid in (other.successor, other.predecessor):
+                other.successor = other.predecessor = None
+        w.successor = w.predecessor = None
         w.draining_since = now
         w.ping_sent_at = None
         if self.roll is not None:

@@ -10,6 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from corepool import events as ev
 from corepool import policy as p
+from corepool import recycling
 from corepool.policy import Policy, Timing, WorkerState
 
 
@@ -19,8 +20,11 @@ class PoolMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         timing = Timing(health_interval=1, health_timeout=1, boot_timeout=5, graceful_timeout=3, backoff_base=0.5,
-                        backoff_max=4)
-        self.policy = Policy(workers_wanted=3, timing=timing, preload=self.preload)
+                        backoff_max=4, max_spawn_rate=2)
+        # Short limits, so that surge-first replacements and the spawn budget are exercised too.
+        limits = recycling.Limits(request_timeout=2, max_requests=3, max_requests_jitter=1, max_lifetime=4,
+                                  max_rss_bytes=100)
+        self.policy = Policy(workers_wanted=3, timing=timing, preload=self.preload, limits=limits)
         self.now = 0.0
         self.pid = 1000
         self.exited = False
@@ -57,6 +61,8 @@ class PoolMachine(RuleBasedStateMachine):
         return out
 
     def check_action(self, event: ev.Event, action: ev.Action) -> None:
+        if isinstance(action, (ev.Spawn, ev.SpawnLoader)):
+            assert self.policy.phase is not p.PoolPhase.STOPPING, "nothing is forked once a stop has begun"
         if isinstance(action, (ev.Signal, ev.Ping)):
             assert action.wid in self.policy.workers
         if isinstance(action, ev.Signal) and action.signum == signal.SIGTERM:
@@ -111,6 +117,18 @@ class PoolMachine(RuleBasedStateMachine):
             if w.ping_sent_at is not None and w.wid in self.policy.workers:
                 self.step(ev.Pong(w.wid, w.ping_seq, 1, self.now))
 
+    @rule(data=st.data(), requests=st.integers(0, 6), age=st.none() | st.floats(0, 5), rss=st.integers(0, 200),
+          answer=st.booleans())
+    def a_worker_reports_its_load(self, data: st.DataObject, requests: int, age: float | None, rss: int,
+                                  answer: bool) -> None:
+        """A pong (or unsolicited stats) with requests, an in-flight request of some age, and an RSS sample."""
+        wid = self.pick(data, WorkerState.READY)
+        if wid is not None:
+            w = self.policy.workers[wid]
+            seq = w.ping_seq if answer and w.ping_sent_at is not None else None
+            self.step(ev.Pong(wid, seq, requests, self.now, inflight=int(age is not None), oldest_age=age,
+                              oldest=None if age is None else "GET /slow", rss=rss))
+
     @rule(data=st.data(), ready=st.booleans())
     def loader_boots_or_dies(self, data: st.DataObject, ready: bool) -> None:
         generations = sorted(g for g, loader in self.policy.loaders.items() if not loader.ready)
@@ -133,6 +151,8 @@ class PoolMachine(RuleBasedStateMachine):
     def time_passes(self, dt: float) -> None:
         self.now += dt
         self.step(ev.Tick(self.now))
+        deadline = self.policy.next_deadline()
+        assert deadline is None or deadline > self.now, "a deadline in the past would spin the primary's loop"
 
     @rule()
     def status_asks_for_fresh_pongs(self) -> None:
@@ -161,21 +181,32 @@ class PoolMachine(RuleBasedStateMachine):
         booting = sum(1 for w in live if w.state is WorkerState.BOOTING)
         served = {w.slot for w in live if w.state is WorkerState.READY}
         missing = sum(1 for index in self.policy.slots if index not in served)
-        assert booting <= missing + 1, (booting, missing)
+        surging = sum(1 for w in live if w.predecessor is not None and w.state is WorkerState.BOOTING)
+        assert booting <= missing + 1 + surging, (booting, missing, surging)
 
     @invariant()
     def one_serving_worker_per_slot_outside_a_roll(self) -> None:
         rolling = self.policy.roll.booting_wid if self.policy.roll else None
         per_slot: dict[int, int] = {}
         for w in self.policy.workers.values():
-            if w.state is not WorkerState.DRAINING and w.kill_reason is None and w.wid != rolling:
+            successor = w.predecessor is not None  # surge-first: the old worker serves until this one is ready
+            if w.state is not WorkerState.DRAINING and w.kill_reason is None and w.wid != rolling and not successor:
                 per_slot[w.slot] = per_slot.get(w.slot, 0) + 1
         assert all(n == 1 for n in per_slot.values()), per_slot
 
     @invariant()
+    def surge_links_are_consistent(self) -> None:
+        for w in self.policy.workers.values():
+            if w.successor is not None:
+                successor = self.policy.workers[w.successor]
+                assert successor.predecessor == w.wid and successor.slot == w.slot
+                assert w.state is WorkerState.READY and successor.state is WorkerState.BOOTING
+
+    @invariant()
     def serving_process_count_is_bounded(self) -> None:
         serving = [w for w in self.policy.workers.values() if w.state is not WorkerState.DRAINING and not w.kill_reason]
-        assert len(serving) <= len(self.policy.slots) + 1
+        surging = sum(1 for w in serving if w.predecessor is not None)
+        assert len(serving) <= len(self.policy.slots) + 1 + surging
 
     @invariant()
     def a_deadline_is_pending_while_anything_waits_on_time(self) -> None:
