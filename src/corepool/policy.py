@@ -31,6 +31,8 @@ from corepool.events import (
     Action,
     Event,
     Exit,
+    HostDrainCancelled,
+    HostDrainRequested,
     LoaderBootError,
     LoaderExited,
     LoaderForked,
@@ -200,6 +202,10 @@ class Policy:
     pending_scale: int = 0
     stop_deadline: float | None = None
     killed_on_stop: int = 0
+    # Host drain: the health endpoint says 503 so balancers move traffic away, while every worker still serves.
+    host_draining: bool = False
+    host_drain_until: float | None = None
+    host_drain_then_stop: bool = False
     ever_ready: bool = False
     _next_wid: int = 1
     _last_generation: int = 1
@@ -242,6 +248,12 @@ class Policy:
                 self._scale(delta, now, out)
             case StopRequested(now, graceful):
                 self._stop(now, graceful, out)
+            case HostDrainRequested(now, seconds, then_stop):
+                self._host_drain(now, seconds, then_stop, out)
+            case HostDrainCancelled(now):
+                if self.host_draining and self.phase not in (PoolPhase.STOPPING, PoolPhase.EXITED):
+                    self.host_draining, self.host_drain_until, self.host_drain_then_stop = False, None, False
+                    out.append(Report("drain", "host drain cancelled: taking traffic again"))
             case LoaderForked(generation, pid, _now):
                 if generation in self.loaders:
                     self.loaders[generation].pid = pid
@@ -288,6 +300,8 @@ class Policy:
                 times.append(loader.spawned_at + t.boot_timeout)
         if self.stop_deadline is not None:
             times.append(self.stop_deadline)
+        if self.host_drain_until is not None:
+            times.append(self.host_drain_until)
         return min(times) if times else None
 
     # -------------------------------------------------------------------------------------------- views
@@ -722,6 +736,7 @@ class Policy:
                 self._kill_everyone("fast stop", out)
             return
         self.phase = PoolPhase.STOPPING
+        self.host_draining, self.host_drain_until = True, None
         self._stop_reason = reason
         if self.roll is not None:
             roll, self.roll = self.roll, None
@@ -736,6 +751,19 @@ class Policy:
         if not graceful:
             self._kill_everyone("fast stop", out)
         self._maybe_exit(out)
+
+    def _host_drain(self, now: float, seconds: float, then_stop: bool, out: list[Action]) -> None:
+        if self.phase in (PoolPhase.STOPPING, PoolPhase.EXITED):
+            return
+        self.host_draining = True
+        self.host_drain_then_stop = self.host_drain_then_stop or then_stop
+        if then_stop and seconds <= 0:
+            self._stop(now, True, out)
+            return
+        until = now + seconds
+        self.host_drain_until = until if self.host_drain_until is None else min(self.host_drain_until, until)
+        after = "then stopping" if self.host_drain_then_stop else "until cancelled"
+        out.append(Report("drain", f"host draining: health checks fail for {seconds:g}s while serving, {after}"))
 
     def _fail_start(self, reason: str, now: float, out: list[Action]) -> None:
         out.append(Report("abort", f"giving up on start: {reason}", warning=True))
@@ -767,6 +795,10 @@ class Policy:
 
     def _timers(self, now: float, out: list[Action]) -> None:
         t = self.timing
+        if self.host_drain_until is not None and now >= self.host_drain_until:
+            self.host_drain_until = None
+            if self.host_drain_then_stop:
+                self._stop(now, True, out)
         if self.stop_deadline is not None and now >= self.stop_deadline:
             self.stop_deadline = None
             for w in list(self.workers.values()):

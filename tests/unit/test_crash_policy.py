@@ -201,3 +201,35 @@ def test_recycling_verdicts() -> None:
 def test_policy_without_limits_has_defaults() -> None:
     policy = Policy(workers_wanted=1, timing=Timing())
     assert policy.limits.request_timeout == 30.0
+
+
+def test_a_host_drain_serves_on_then_stops_gracefully() -> None:
+    h = harness(workers=2)
+    h.start()
+    h.ready_all()
+    out = h.feed(ev.HostDrainRequested(1.0, 10.0, then_stop=True))
+    assert h.policy.host_draining and not kinds(out, ev.Signal), "still serving while balancers move away"
+    assert h.policy.next_deadline() == pytest.approx(min(10.0, 11.0))  # the first ping, then the drain's end
+    out = h.at(11.0)
+    assert {a.signum for a in kinds(out, ev.Signal)} == {signal.SIGTERM}  # type: ignore[attr-defined]
+    assert h.policy.phase is p.PoolPhase.STOPPING
+
+
+def test_a_host_drain_without_stop_can_be_cancelled() -> None:
+    h = harness(workers=1)
+    h.start()
+    h.ready_all()
+    h.feed(ev.HostDrainRequested(1.0, 5.0, then_stop=False))
+    h.at(6.0)
+    assert h.policy.host_draining and h.policy.phase is p.PoolPhase.RUNNING
+    h.feed(ev.HostDrainCancelled(7.0))
+    assert not h.policy.host_draining
+
+
+def test_a_second_stop_during_a_host_drain_stops_now() -> None:
+    h = harness(workers=1)
+    h.start()
+    h.ready_all()
+    h.feed(ev.HostDrainRequested(1.0, 10.0))
+    out = h.feed(ev.StopRequested(2.0, graceful=True))
+    assert kinds(out, ev.Signal) and h.policy.phase is p.PoolPhase.STOPPING
