@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corepool.traffic import Traffic
+
 # ---------------------------------------------------------------------------------------------- events
 
 
@@ -64,6 +66,7 @@ class Pong:
     busy_threads: int = 0
     threads: int = 0
     rss: int | None = None
+    traffic: Traffic | None = None  # cumulative requests by method/status class and durations (corepool.traffic)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,23 @@ class StopRequested:
     graceful: bool = True
 
 
+@dataclass(frozen=True)
+class HostDrainRequested:
+    """Turn load balancers away (the health endpoint answers 503) for ``seconds`` while the pool still serves;
+    then stop gracefully when ``then_stop`` (``corepool drain``, or a stop with a health endpoint)."""
+
+    now: float
+    seconds: float
+    then_stop: bool = True
+
+
+@dataclass(frozen=True)
+class HostDrainCancelled:
+    """The host takes traffic again (``corepool drain --cancel``), unless a stop has already begun."""
+
+    now: float
+
+
 Event = (
     Start
     | WorkerForked
@@ -175,6 +195,8 @@ Event = (
     | ReloadRequested
     | ScaleRequested
     | StopRequested
+    | HostDrainRequested
+    | HostDrainCancelled
 )
 
 # --------------------------------------------------------------------------------------------- actions
