@@ -25,7 +25,7 @@ import random
 import signal
 from dataclasses import dataclass, field
 
-from corepool import recycling
+from corepool import canary, recycling
 from corepool.crashpolicy import Cause, SpawnBudget, backoff
 from corepool.events import (
     Action,
@@ -61,6 +61,7 @@ from corepool.events import (
     WorkerMisbehaved,
     WorkerReady,
 )
+from corepool.traffic import Traffic
 
 # ----------------------------------------------------------------------------------------------- state
 
@@ -117,6 +118,8 @@ class Worker:
     rss_over: int = 0
     request_limit: int | None = None
     max_age: float | None = None
+    traffic: Traffic | None = None  # cumulative counts from its latest pong (corepool.traffic)
+    traffic_at: float | None = None
 
 
 @dataclass
@@ -159,6 +162,9 @@ class Roll:
     # Retired workers that may still accept: the roll is over only when none is left, so that a client
     # connecting after `corepool reload --wait` returned always reaches the new generation.
     retiring: set[int] = field(default_factory=set)
+    # canary_seconds: the first new worker is watched before the roll goes on (corepool.canary).
+    canary: canary.Watch | None = None
+    canary_done: bool = False
 
 
 @dataclass
@@ -190,6 +196,7 @@ class Policy:
     preload: bool = False
     limits: recycling.Limits = field(default_factory=recycling.Limits)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    canary_rules: canary.Rules = field(default_factory=canary.Rules)
 
     phase: PoolPhase = PoolPhase.IDLE
     generation: int = 1
@@ -302,6 +309,8 @@ class Policy:
             times.append(self.stop_deadline)
         if self.host_drain_until is not None:
             times.append(self.host_drain_until)
+        if self.roll is not None and (watch := self.roll.canary) is not None:
+            times.append(watch.until if watch.collect_until is None else watch.collect_until)
         return min(times) if times else None
 
     # -------------------------------------------------------------------------------------------- views
@@ -462,6 +471,11 @@ class Policy:
         w.requests = max(w.requests, pong.requests)
         w.inflight, w.oldest_age, w.oldest = pong.inflight, pong.oldest_age, pong.oldest
         w.busy_threads, w.threads = pong.busy_threads, pong.threads
+        if pong.traffic is not None:
+            w.traffic, w.traffic_at = pong.traffic, now
+            watch = self.roll.canary if self.roll is not None else None
+            if watch is not None and w.wid != watch.wid and w.wid not in watch.base and now >= watch.started_at:
+                watch.base[w.wid] = pong.traffic  # an old worker's counts at the window's start
         if pong.rss is not None:
             w.rss = pong.rss
             w.rss_over = recycling.rss_over(self.limits, pong.rss, w.rss_over)
@@ -551,6 +565,9 @@ class Policy:
         if self.roll is not None and self.roll.booting_wid == wid:
             self._roll_failed(f"new worker for slot {w.slot} failed to boot: {why}", now, out)
             return
+        if self.roll is not None and self.roll.canary is not None and self.roll.canary.wid == wid:
+            self._canary_rollback(w, f"canary: the canary worker died: {why}", now, out)
+            return
         if not self.ever_ready and w.state is WorkerState.BOOTING:
             self._fail_start(f"worker failed to boot: {why}", now, out)
             return
@@ -631,6 +648,8 @@ class Policy:
     def _roll_next(self, now: float, out: list[Action]) -> None:
         roll = self.roll
         assert roll is not None
+        if roll.canary is not None:
+            return  # paused while the canary is watched
         while roll.booting_wid is None and roll.pending_slots:
             index = roll.pending_slots[0]
             if index not in self.slots:
@@ -648,6 +667,15 @@ class Policy:
         roll = self.roll
         assert roll is not None
         roll.booting_wid = None
+        if self.canary_rules.seconds > 0 and not roll.restoring and not roll.canary_done:
+            self._canary_start(new, now, out)
+            return
+        self._roll_slot_switch(new, now, out)
+
+    def _roll_slot_switch(self, new: Worker, now: float, out: list[Action]) -> None:
+        """The slot runs the new generation: its old worker is retired, the roll goes on."""
+        roll = self.roll
+        assert roll is not None
         slot = self.slots[new.slot]
         slot.generation = new.generation
         slot.failures = 0
@@ -697,6 +725,79 @@ class Policy:
             self._begin_roll(now, "queued reload", out)
         else:
             self._apply_pending_scale(now, out)
+
+    # ------------------------------------------------------------------------------------------- canary
+
+    def _canary_start(self, new: Worker, now: float, out: list[Action]) -> None:
+        """Pause the roll: the new worker serves next to every old one (its slot's included) for a window."""
+        roll = self.roll
+        assert roll is not None
+        seconds = self.canary_rules.seconds
+        roll.canary = canary.Watch(new.wid, now, now + seconds)
+        out.append(Report("canary", f"worker {self._name(new)} is the canary: watching it for {seconds:g}s "
+                          "before rolling on", new.wid))
+        self._ping_now(self._canary_old_workers(roll.canary), now)  # their counts at the window's start
+
+    def _canary_old_workers(self, watch: canary.Watch) -> list[Worker]:
+        generation = self.roll.generation if self.roll is not None else self.generation
+        return [w for w in self.workers.values() if w.wid != watch.wid and w.state is WorkerState.READY
+                and w.kill_reason is None and w.generation != generation]
+
+    @staticmethod
+    def _ping_now(workers: list[Worker], now: float) -> None:
+        for w in workers:
+            if w.ping_sent_at is None:
+                w.next_ping_at = now
+
+    def _canary_timer(self, watch: canary.Watch, now: float, out: list[Action]) -> None:
+        if watch.collect_until is None:
+            if now < watch.until:
+                return
+            # The window is over: ask the canary and every old worker for their counts; judge when all answered.
+            watch.collect_until = now + self.timing.health_timeout
+            new = self.workers.get(watch.wid)
+            self._ping_now([*self._canary_old_workers(watch), *([new] if new is not None else [])], now)
+            return
+        involved = [w for w in self.workers.values() if w.wid == watch.wid or w.wid in watch.base]
+        fresh = all(w.traffic_at is not None and w.traffic_at >= watch.until for w in involved)
+        if fresh or now >= watch.collect_until:
+            self._canary_judge(watch, now, out)
+
+    def _canary_judge(self, watch: canary.Watch, now: float, out: list[Action]) -> None:
+        new = self.workers.get(watch.wid)
+        if new is None:
+            return  # its exit is handled by _exited
+        old = Traffic()
+        for w in self.workers.values():
+            base = watch.base.get(w.wid)
+            if base is not None and w.traffic is not None and (w.traffic_at or 0.0) >= watch.until:
+                old = old + w.traffic.since(base)
+        counted = new.traffic if new.traffic is not None and (new.traffic_at or 0.0) >= watch.until else Traffic()
+        verdict = canary.judge(old, counted, self.canary_rules)
+        fields: tuple[tuple[str, str | int], ...] = (
+            ("VERDICT", "pass" if verdict.ok else "rollback"),
+            ("CANARY_REQUESTS", verdict.canary.requests), ("CANARY_ERRORS", verdict.canary.errors),
+            ("OLD_REQUESTS", verdict.old.requests), ("OLD_ERRORS", verdict.old.errors),
+        )
+        if not verdict.ok:
+            out.append(Report("canary", f"generation {new.generation} rolled back: {verdict.reason}", new.wid,
+                              warning=True, fields=fields))
+            self._canary_rollback(new, f"canary: {verdict.reason}", now, out)
+            return
+        out.append(Report("canary", f"generation {new.generation} passed: {verdict.reason}", new.wid, fields=fields))
+        roll = self.roll
+        assert roll is not None
+        roll.canary, roll.canary_done = None, True
+        self._roll_slot_switch(new, now, out)
+
+    def _canary_rollback(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
+        """The canary did worse (or died): it drains, the old workers keep serving, the reload fails."""
+        roll = self.roll
+        assert roll is not None
+        roll.canary, roll.canary_done = None, True
+        if w.wid in self.workers and w.kill_reason is None:
+            self._retire(w, now, "canary rolled back", out, Cause.RELOAD)
+        self._roll_failed(reason, now, out)
 
     # -------------------------------------------------------------------------------------------- scale
 
@@ -795,6 +896,8 @@ class Policy:
 
     def _timers(self, now: float, out: list[Action]) -> None:
         t = self.timing
+        if self.roll is not None and self.roll.canary is not None:
+            self._canary_timer(self.roll.canary, now, out)  # first: the pings it asks for go out below
         if self.host_drain_until is not None and now >= self.host_drain_until:
             self.host_drain_until = None
             if self.host_drain_then_stop:
@@ -881,5 +984,6 @@ class Policy:
 
     @staticmethod
     def _name(w: Worker) -> str:
-        pid = w.pid if w.pid is not None else "?"
-        return f"{pid} (slot {w.slot}, generation {w.generation})"
+        if w.pid is None:  # preload: forked by its loader, not named yet
+            return f"#{w.wid} (not yet named by its loader; slot {w.slot}, generation {w.generation})"
+        return f"{w.pid} (slot {w.slot}, generation {w.generation})"
