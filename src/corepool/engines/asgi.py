@@ -29,7 +29,7 @@ import uvicorn
 from corepool import log
 from corepool.balance import PAUSE, Board, cell_of
 from corepool.engines import Route, front, tracking, websocket
-from corepool.engines.httpfront import FrontLineProtocol
+from corepool.engines.httpfront import FrontLineProtocol, WsgiFrontLineProtocol
 from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
 
@@ -143,18 +143,19 @@ class PoolServer(uvicorn.Server):
             acceptor.close()
 
 
-def make_config(app: Any, spec: WorkerSpec, interface: str = "auto", lifespan: str = "auto") -> uvicorn.Config:
+def make_config(app: Any, spec: WorkerSpec, wsgi: bool = False) -> uvicorn.Config:
+    """uvicorn's settings for one route; a WSGI route (the bridge) gets no lifespan and no WebSockets."""
     options = spec.http
-    ws = websocket.protocol_class(options.ws) if lifespan != "off" else None  # WSGI routes: HTTP only
+    ws = None if wsgi else websocket.protocol_class(options.ws)
     return uvicorn.Config(
         app,
-        interface=interface,  # type: ignore[arg-type]
-        http=FrontLineProtocol,
+        interface="asgi3" if wsgi else "auto",
+        http=WsgiFrontLineProtocol if wsgi else FrontLineProtocol,
         ws=ws or "none",
         ws_max_size=options.ws_max_size,
         ws_ping_interval=options.ws_ping_interval or None,
         ws_ping_timeout=options.ws_ping_timeout,
-        lifespan=lifespan,  # type: ignore[arg-type]
+        lifespan="off" if wsgi else "auto",
         log_config=None,
         access_log=False,  # corepool's own access log (front.AccessLog), in gunicorn's atoms
         timeout_keep_alive=int(options.keepalive_timeout) or 1,
@@ -240,7 +241,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
         if route.interface == "wsgi":
             bridge = wsgi.adapt(route.app, spec.http)
             bridges.append(bridge)
-            config = make_config(bridge, spec, "asgi3", lifespan="off")
+            config = make_config(bridge, spec, wsgi=True)
         else:
             config = make_config(route.app, spec)
         config.load()
