@@ -1,20 +1,30 @@
-"""Messages between the primary and one worker.
+"""Messages between the primary and one worker (or one loader).
 
 Each worker gets one end of an ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair: the kernel keeps message boundaries,
 so a message is one ``send`` and one ``recv`` with no framing code, and a peer that dies shows up as EOF.
-A message is a JSON object whose ``"t"`` names its type:
+A message is a JSON object whose ``"t"`` names its type (w: worker, l: loader, p: primary):
 
-=================  =========  ====================================================
+=================  =========  ============================================================================
 ``t``              direction  fields
-=================  =========  ====================================================
-``ready``          w → p      the app is loaded and the worker is accepting
-``boot_error``     w → p      ``error``: why the app could not be loaded
+=================  =========  ============================================================================
+``hello``          w → p      ``pid``: a worker forked by a loader names itself first
+``ready``          w, l → p   the app is loaded (a worker: and it is accepting)
+``boot_error``     w, l → p   ``error``, ``detail``: why the app could not be loaded, and the traceback
 ``draining``       w → p      a retired worker closed its listening sockets
-``pong``           w → p      ``seq``, ``requests`` (requests served so far)
-``broadcast``      w → p      ``topic``, ``data``: relay to every other worker
+``pong``           w → p      ``seq`` and the worker's stats: ``requests``, ``inflight``, ``oldest``,
+                              ``connections``, ``threads``, ``busy_threads``, ...
+``broadcast``      w → p      ``topic``, ``data``: relay to every other worker (:mod:`corepool.relay`)
 ``ping``           p → w      ``seq``
+``limit``          p → w      ``requests``: retire after this many requests (``max_requests``)
 ``message``        p → w      ``topic``, ``data``, ``sender`` (pid): a relayed broadcast
-=================  =========  ====================================================
+``fork``           p → l      ``wid``, ``slot``, and the new worker's channel end by SCM_RIGHTS
+``forked``         l → p      ``wid``, ``pid`` (0 when the fork failed)
+=================  =========  ============================================================================
+
+Sizes: :func:`decode` refuses a message over ``max_message_bytes`` + 1 KiB, and a channel carries at most
+:data:`MAX_FRAME` bytes whole; a broadcast is refused before it is sent if its encoded size is over
+``max_message_bytes`` (:mod:`corepool.bus`). :func:`send` never blocks; bulk senders (queued broadcasts) stop at
+half of the send buffer (:func:`has_room`), so pings and pongs always find room.
 """
 
 from __future__ import annotations

@@ -43,6 +43,7 @@ BYTE_RATE = 4.0 * 1024 * 1024  # bytes per second one worker may send (and its b
 QUEUE_MESSAGES = 1024  # messages waiting for a channel with room, per worker (outbox) and per destination (relay)
 QUEUE_BYTES = 4 * 1024 * 1024  # ... and their bytes (at least 4 messages of max_message_bytes)
 GUARD = 2.0  # the primary's per-sender budget, as a multiple of the workers' own
+QUIET = 1.0  # seconds without a miss that end a burst of misses (for logging)
 RELAY_SLACK = 64  # bytes the primary's relayed message may exceed the sender's ("sender": pid)
 
 
@@ -81,14 +82,19 @@ class Budget:
 
 @dataclass
 class BurstLog:
-    """Counts refusals or drops and logs a burst of them twice: when it starts, and when it ends with its count."""
+    """Counts refusals or drops and logs a burst of them twice: when it starts, and when it ends with its count.
+
+    A burst ends at the next message that gets through after :data:`QUIET` seconds without a miss (a sender
+    held at its rate limit lets one through now and then: that is still the same burst), or when a queue drains.
+    """
 
     what: str  # "broadcasts to worker 123", say
     count: int = 0
     total: int = 0
+    last_miss: float = 0.0
     reasons: collections.Counter[str] = field(default_factory=collections.Counter)
 
-    def miss(self, reason: str, detail: str = "", verb: str = "dropping") -> None:
+    def miss(self, reason: str, detail: str = "", verb: str = "dropping", now: float | None = None) -> None:
         """One more message missed for ``reason`` (short: "queue full"); ``detail`` goes in the first line."""
         if not self.count:
             log.event("broadcast", f"{verb} {self.what}: {reason}{': ' + detail if detail else ''} "
@@ -96,9 +102,14 @@ class BurstLog:
         self.count += 1
         self.total += 1
         self.reasons[reason] += 1
+        self.last_miss = time.monotonic() if now is None else now
 
-    def end(self, verb: str = "dropped") -> None:
-        if self.count:
+    def end(self, verb: str = "dropped", now: float | None = None, drained: bool = False) -> None:
+        """A message got through (or a queue drained): log the burst's count if it is over."""
+        if not self.count:
+            return
+        now = time.monotonic() if now is None else now
+        if drained or now - self.last_miss >= QUIET:
             reasons = ", ".join(f"{r}: {n}" for r, n in self.reasons.most_common())
             log.event("broadcast", f"{self.count} {self.what} {verb} in this burst ({reasons}); "
                       f"{self.total} in all", warning=True, dropped=self.count)
@@ -159,15 +170,16 @@ class Relay:
                                                         RATE * GUARD, BYTE_RATE * GUARD))
         if not budget.take(len(frame), now):
             self._drop_for_all(senders, "over the rate limit", len(targets),
-                               f"{RATE * GUARD:g} messages, {BYTE_RATE * GUARD / 2**20:g} MiB per second")
+                               f"{RATE * GUARD:g} messages, {BYTE_RATE * GUARD / 2**20:g} MiB per second", now)
             return
-        senders.end()
+        senders.end(now=now)
         for wid, (pid, sock) in targets.items():
             if wid != sender:
                 self._offer(wid, pid, sock, frame, max_message_bytes)
 
-    def _drop_for_all(self, senders: BurstLog, reason: str, destinations: int, detail: str = "") -> None:
-        senders.miss(reason, detail)
+    def _drop_for_all(self, senders: BurstLog, reason: str, destinations: int, detail: str = "",
+                      now: float | None = None) -> None:
+        senders.miss(reason, detail, now=now)
         self.dropped += max(0, destinations - 1)
 
     def _offer(self, wid: int, pid: int | None, sock: socket.socket, frame: bytes, max_message_bytes: int) -> None:
@@ -232,7 +244,7 @@ class Relay:
             queue.nbytes -= len(queue.frames.popleft())
             self.relayed += 1
         if not queue.frames:
-            queue.drops.end()
+            queue.drops.end(drained=True)
             self._disarm(queue)
             del self.queues[wid]
 
@@ -252,7 +264,7 @@ class Relay:
         for _ in queue.frames:
             queue.drops.miss(why)
         self.dropped += len(queue.frames)
-        queue.drops.end()
+        queue.drops.end(drained=True)
         self._disarm(queue)
 
     def _forget_all_but(self, targets: Mapping[int, tuple[int | None, socket.socket]]) -> None:
@@ -263,7 +275,7 @@ class Relay:
             self.budgets.pop(wid, None)
             log_ = self.senders.pop(wid, None)
             if log_ is not None:
-                log_.end()
+                log_.end(drained=True)
 
 
 _relays: weakref.WeakKeyDictionary[selectors.BaseSelector, Relay] = weakref.WeakKeyDictionary()

@@ -6,6 +6,9 @@ GET /flood?n=N&size=S&every=E&pause=P&start=I  → broadcast N messages {"i" fro
 GET /big?size=S                     → one broadcast of S bytes of data on topic "big": {"pid", "ok", "encoded"}
 GET /received                       → {"pid", "flood": count, "flood_in_order": bool, "big": [sizes]}
 GET /hold?flag=PATH                 → blocks the event loop (time.sleep) until PATH exists (at most 60 s)
+GET /garbage                        → writes bytes that are not a message on this worker's channel
+GET /rogue?seconds=S                → for S seconds, writes valid broadcasts straight on its channel as fast as it
+                                      takes them (bypassing broadcast()'s budget): {"pid", "written"}
 """
 
 import asyncio
@@ -68,5 +71,20 @@ async def app(scope, receive, send):
         while not os.path.exists(query["flag"]) and time.monotonic() < deadline:
             time.sleep(0.01)  # blocks the loop on purpose: this worker reads nothing meanwhile
         await _answer(send, {"pid": pid, "held": True})
+    elif path == "/rogue":
+        sock = bus._outbox[0].sock
+        frame = channel.encode("broadcast", topic="flood", data={"i": 0, "pad": "r" * 100})
+        written, end = 0, time.monotonic() + float(query.get("seconds", "3"))
+        while time.monotonic() < end:
+            try:
+                sock.send(frame)
+                written += 1
+            except BlockingIOError:
+                await asyncio.sleep(0)
+        await _answer(send, {"pid": pid, "written": written})
+    elif path == "/garbage":
+        sock = bus._outbox[0].sock  # the worker's end of its channel (private: this app misbehaves on purpose)
+        sock.send(b"\x00garbage{not json")
+        await _answer(send, {"pid": pid, "sent": True})
     else:
         await _answer(send, {"pid": pid})

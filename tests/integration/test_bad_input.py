@@ -364,3 +364,20 @@ def test_status_into_a_closed_pipe_exits_quietly(pool: Pool) -> None:
         os.close(write_end)
     assert "Traceback" not in out.stderr and out.stderr == "", out.stderr
     assert out.returncode == 1
+
+
+def test_a_worker_writing_garbage_on_its_channel_is_replaced(tmp_path: Path) -> None:
+    from tests.integration.test_broadcast import workers
+
+    pool = Pool(tmp_path, "broadcast_app:app")
+    try:
+        pool.start()
+        bad, good = workers(pool.port)
+        assert bad.get("/garbage")["sent"]
+        status = pool.wait_for(lambda s: bad.pid not in {w["pid"] for w in s["workers"]}
+                               and s["workers_ready"] == s["workers_wanted"], what="the bad worker replaced")
+        assert good.pid in {w["pid"] for w in status["workers"]}, "the other worker was not touched"
+        assert good.get("/")["pid"] == good.pid and status["phase"] == "running"
+        assert "not JSON" in pool.log()
+    finally:
+        pool.close()

@@ -132,9 +132,11 @@ def test_outbox_flushes_on_the_loop_when_the_channel_has_room() -> None:
         results = [outbox.offer("t", {"i": i, "pad": "y" * 2000}) for i in range(500)]
         assert all(results) and outbox.frames, "500 x 2 KB fit the budget, but not the channel: some are queued"
         primary_end.setblocking(False)
-        while len(received) < 500:
+        for _ in range(100_000):
             await asyncio.sleep(0)
             received.extend(m["data"]["i"] for m in _drain(primary_end))
+            if len(received) == 500:
+                break
         return outbox
 
     try:
@@ -255,3 +257,44 @@ def test_relay_refuses_what_a_worker_could_not_read() -> None:
         assert pool.relay.dropped == 2 and _drain(pool.ends[1][1]) == []
     finally:
         pool.close()
+
+
+def test_broadcast_from_app_threads_is_flushed_by_the_loop() -> None:
+    """WSGI apps call broadcast() on their thread pool: the outbox is shared safely, the loop flushes it."""
+    import threading
+
+    primary_end, worker_end = channel.pair()
+    worker_end.setblocking(False)
+    primary_end.setblocking(False)
+    received: list[int] = []
+
+    async def main() -> Outbox:
+        outbox = Outbox(worker_end, 64 * 1024, asyncio.get_running_loop())
+        results: list[bool] = []
+
+        def app_thread(base: int) -> None:
+            results.extend(outbox.offer("t", {"i": base + i, "pad": "y" * 2000}) for i in range(100))
+
+        threads = [threading.Thread(target=app_thread, args=(k * 100,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for _ in range(30_000):  # bounded: a flush that never comes fails below instead of hanging
+            await asyncio.sleep(0.001)
+            received.extend(m["data"]["i"] for m in _drain(primary_end))
+            if len(received) == 400:
+                break
+        for t in threads:
+            t.join()
+        assert all(results) and len(results) == 400
+        return outbox
+
+    try:
+        outbox = asyncio.run(main())
+        assert sorted(received) == list(range(400)), "each one once"
+        for k in range(4):  # each thread's own messages stay in order
+            mine = [i for i in received if k * 100 <= i < (k + 1) * 100]
+            assert mine == sorted(mine)
+        assert not outbox.frames
+    finally:
+        primary_end.close()
+        worker_end.close()
