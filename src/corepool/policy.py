@@ -674,8 +674,6 @@ class Policy:
 
     def _roll_slot_switch(self, new: Worker, now: float, out: list[Action]) -> None:
         """The slot runs the new generation: its old worker is retired, the roll goes on."""
-        roll = self.roll
-        assert roll is not None
         slot = self.slots[new.slot]
         slot.generation = new.generation
         slot.failures = 0

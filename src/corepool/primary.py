@@ -33,13 +33,16 @@ from corepool import (
     hooks,
     loader,
     log,
+    metrics,
     policy,
     recycling,
     settings,
     status,
+    traffic,
     worker,
 )
-from corepool.listeners import Listener
+from corepool.canary import Rules as CanaryRules
+from corepool.listeners import Listener, ListenerError
 from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
 
@@ -82,6 +85,10 @@ def timing_for(s: settings.Settings, watchdog_interval: float | None) -> Timing:
     )
 
 
+def canary_rules_for(s: settings.Settings) -> CanaryRules:
+    return CanaryRules(s.canary_seconds, s.canary_max_error_rate, s.canary_max_p99_ratio)
+
+
 def limits_for(s: settings.Settings) -> recycling.Limits:
     return recycling.Limits(
         request_timeout=s.request_timeout,
@@ -105,14 +112,17 @@ class Primary:
         self.settings = s
         self.flags = flags or {}  # re-applied over the config file when SIGHUP re-reads it
         self.config_error: str | None = None
-        self.listeners = listeners
+        # A socket named "metrics" is the metrics endpoint's: kept out of the app's listeners, never in a worker.
+        metrics_listener, self.listeners = metrics.take_listener(listeners)
         self.notifier = notifier
         self.policy = Policy(
             workers_wanted=s.workers, timing=timing_for(s, notifier.watchdog_interval), preload=s.mode == "preload",
-            limits=limits_for(s), rng=random.Random(os.urandom(16)),
+            limits=limits_for(s), rng=random.Random(os.urandom(16)), canary_rules=canary_rules_for(s),
         )
         self.selector = selectors.DefaultSelector()
         self.control = control.ControlServer(s.control_path(), self.selector, self._control_request)
+        self.counters = metrics.Counters()
+        self.metrics = metrics.MetricsServer(self.selector, self._on_scrape, metrics_listener, s.metrics_bind)
         self.channels: dict[int, socket.socket] = {}  # wid -> the primary's end of its channel
         self.pids: dict[int, int] = {}  # pid -> wid
         self.loader_channels: dict[int, socket.socket] = {}  # generation -> channel
@@ -152,6 +162,12 @@ class Primary:
             log.event("start", "cannot become a child subreaper: falling back to mode lazy", warning=True)
             self.policy.preload = False
         self.control.open()
+        try:
+            self.metrics.open()
+        except ListenerError as exc:
+            log.event("start", f"metrics_bind: {exc}", warning=True)
+            self._cleanup()
+            return policy.EXIT_FAILURE
         self._install_signals()
         if self.settings.reload:
             from corepool import devreload  # type: ignore[attr-defined,unused-ignore]  # development only
@@ -192,6 +208,7 @@ class Primary:
     def _cleanup(self) -> None:
         signal.set_wakeup_fd(-1)
         self.control.close()
+        self.metrics.close()
         for sock in [*self.channels.values(), *self.loader_channels.values()]:
             sock.close()
         for listener in self.listeners:
@@ -256,6 +273,7 @@ class Primary:
             self.settings = fresh
             self.policy.timing = timing_for(fresh, self.notifier.watchdog_interval)
             self.policy.limits = limits_for(fresh)
+            self.policy.canary_rules = canary_rules_for(fresh)
             if delta:
                 self.events.append(events.ScaleRequested(delta, now))
         self.events.append(events.ReloadRequested(now, "SIGHUP"))
@@ -281,6 +299,7 @@ class Primary:
                     del self.unclaimed_exits[next(iter(self.unclaimed_exits))]
 
     def _worker_exited(self, pid: int, status: int, now: float) -> None:
+        self._on_channel(self.pids[pid])  # its last words (the final pong of a drain) before its channel closes
         wid = self.pids.pop(pid)
         description, clean = describe_status(status)
         w = self.policy.workers.get(wid)
@@ -343,6 +362,7 @@ class Primary:
                 hooks.run("on_reload", self.on_reload, generation)
             case events.ReloadFinished(generation, ok, reason):
                 self._answer_reload_waiters(generation, ok, reason)
+                self.counters.reload_finished(ok)
                 if self.policy.phase is not policy.PoolPhase.STOPPING:
                     self.notifier.ready(self.status_line())
             case events.Exit(code, reason):
@@ -360,6 +380,7 @@ class Primary:
         if w is not None:
             fields = {"worker_pid": w.pid, "generation": w.generation, "slot": w.slot, **fields}
         log.event(event, message, warning=warning, **fields)
+        self.counters.note(event, fields)
 
     def _pid(self, wid: int) -> int | None:
         w = self.policy.workers.get(wid)
@@ -392,7 +413,7 @@ class Primary:
             self.selector, self._wake_r, self._wake_w, *also_close,
             *self.channels.values(), *self.loader_channels.values(),
         ]
-        control_fds = self.control.fds()
+        control_fds = self.control.fds() + self.metrics.fds()
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -568,6 +589,8 @@ class Primary:
             self.events.append(events.WorkerDraining(wid, now))
         elif kind == "pong":
             pong = _pong_event(wid, message, now, status.rss_bytes(self._pid(wid)))
+            if pong is not None:
+                self.counters.report(wid, pong.traffic, message.get("connections"))
             if pong is None:
                 self.events.append(events.WorkerMisbehaved(wid, "a malformed pong", now))
             else:
@@ -623,6 +646,21 @@ class Primary:
         else:
             reply({"ok": False, "error": f"unknown command {cmd!r} (known: status, reload)"})
 
+    def _on_scrape(self, respond: metrics.Respond) -> None:
+        """A Prometheus scrape: ping every ready worker, answer once they have (or after STATUS_WAIT)."""
+        self.events.append(events.PingAll(time.monotonic()))
+        self._drain_events()
+        waiting = {w.wid for w in self.policy.workers.values() if w.ping_sent_at is not None}
+        answer = lambda _status: respond(self._exposition())  # noqa: E731 (a status waiter's reply)
+        self.status_waiters.append((time.monotonic() + STATUS_WAIT, waiting, answer))
+        self._answer_status_waiters()
+
+    def _exposition(self) -> bytes:
+        from corepool import relay
+
+        r = relay.of(self.selector)
+        return metrics.render(self.policy, self.counters, metrics.Broadcasts(r.relayed, r.dropped), status.rss_bytes)
+
     def _answer_status_waiters(self) -> None:
         now = time.monotonic()
         still: list[tuple[float, set[int], control.Reply]] = []
@@ -651,6 +689,7 @@ class Primary:
             uptime=time.monotonic() - self.started_at,
             listeners=[{"name": lst.name, "address": lst.address, "source": lst.source} for lst in self.listeners],
             control=self.control.path,
+            metrics=self.metrics.address,
             config_error=self.config_error,
         )
 
@@ -702,7 +741,13 @@ def _pong_event(wid: int, message: dict[str, Any], now: float, rss: int | None) 
         if not (isinstance(oldest, list) and len(oldest) == 2 and isinstance(oldest[0], (int, float))):
             return None
         oldest_age, oldest_label = float(oldest[0]), str(oldest[1])[:200]
-    return events.Pong(wid, seq, requests, now, counts[0], oldest_age, oldest_label, counts[1], counts[2], rss)
+    counted = None
+    if message.get("traffic") is not None:
+        counted = traffic.Traffic.from_wire(message["traffic"])
+        if counted is None:
+            return None
+    return events.Pong(wid, seq, requests, now, counts[0], oldest_age, oldest_label, counts[1], counts[2], rss,
+                       counted)
 
 
 def _become_subreaper() -> bool:

@@ -26,7 +26,7 @@ from typing import Any
 
 import uvicorn
 
-from corepool import log
+from corepool import log, traffic
 from corepool.balance import PAUSE, Board, cell_of
 from corepool.engines import Route, front, tracking, websocket
 from corepool.engines.httpfront import FrontLineProtocol, WsgiFrontLineProtocol
@@ -263,6 +263,8 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
             "connections": balancer.open_connections(),
             "threads": sum(b.threads for b in bridges),
             "busy_threads": sum(b.busy for b in bridges),
+            # Cumulative counts by method/status class and durations, for metrics and the canary.
+            "traffic": traffic.combine(t.counted() for t in trackers).to_wire(),
         }
 
     def on_request_limit(limit: int) -> None:

@@ -1,13 +1,16 @@
 """What a worker knows about its own requests: an ASGI middleware around every HTTP route.
 
-It counts finished requests, remembers when each in-flight request started (so the primary can retire a worker
-whose request outlives ``request_timeout``, naming that request), and logs every unhandled app exception once,
-with its type and traceback, from the worker that saw it. WebSocket sessions are counted as connections, not
-as requests: they are meant to stay open.
+It counts finished requests (by method and status class, with a duration histogram: :mod:`corepool.traffic`),
+remembers when each in-flight request started (so the primary can retire a worker whose request outlives
+``request_timeout``, naming that request), and logs every unhandled app exception once, with its type and
+traceback, from the worker that saw it. Counting is a few dict and list updates in the worker's memory: no
+syscall on the request path; the counts travel to the primary with the next pong. WebSocket sessions are
+counted as connections, not as requests: they are meant to stay open.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import time
@@ -15,7 +18,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from corepool import log
+from corepool import log, traffic
 
 # uvicorn logs an app's exception too, as one line without the traceback; the tracker's line replaces it.
 _UVICORN_APP_ERRORS = ("Exception in ASGI application", "Exception in ASGI application\n")
@@ -40,6 +43,9 @@ class RequestTracker:
         self.websockets = 0
         self.inflight: dict[int, tuple[float, str]] = {}  # key -> (monotonic start, "METHOD /path")
         self.after_request: Callable[[], None] | None = None  # set while a max_requests limit is pending
+        self.counts: dict[tuple[str, str], int] = {}  # (method label, status class) -> finished requests
+        self.buckets = [0] * (len(traffic.BUCKETS) + 1)  # durations, one count per bucket (+Inf last)
+        self.seconds = 0.0  # sum of durations
         self._keys = itertools.count()
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -55,13 +61,27 @@ class RequestTracker:
             await self.app(scope, receive, send)
             return
         key = next(self._keys)
-        label = f"{scope.get('method', '?')} {scope.get('path', '')}"
-        self.inflight[key] = (time.monotonic(), label)
+        method = scope.get("method", "?")
+        label = f"{method} {scope.get('path', '')}"
+        start = time.monotonic()
+        self.inflight[key] = (start, label)
+        status: list[int] = []
+
+        async def send_and_note_status(message: Any) -> None:
+            if message.get("type") == "http.response.start":
+                status.append(message.get("status", 0))
+            await send(message)
+
         try:
-            await self._run(scope, receive, send, label)
+            await self._run(scope, receive, send_and_note_status, label)
         finally:
+            seconds = time.monotonic() - start
             del self.inflight[key]
             self.total += 1
+            counted = (traffic.method_label(method), traffic.status_class(status[0] if status else None))
+            self.counts[counted] = self.counts.get(counted, 0) + 1
+            self.buckets[bisect.bisect_left(traffic.BUCKETS, seconds)] += 1
+            self.seconds += seconds
             if self.after_request is not None:
                 self.after_request()
 
@@ -74,6 +94,10 @@ class RequestTracker:
             log.event("app_error", f"{label} raised {type(exc).__name__}: {exc}\n{detail}", warning=True,
                       request_path=scope.get("path", ""), request_method=scope.get("method"))
             raise
+
+    def counted(self) -> traffic.Traffic:
+        """The counts so far (cumulative since the worker started)."""
+        return traffic.Traffic(dict(self.counts), tuple(self.buckets), self.seconds)
 
     def oldest(self, now: float | None = None) -> tuple[float, str] | None:
         """(seconds running, "METHOD /path") of the longest-running request, or None when idle."""

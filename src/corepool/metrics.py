@@ -1,0 +1,342 @@
+"""The Prometheus endpoint: the pool's counters, served by the primary on a socket of its own.
+
+Workers send cumulative counts with every pong (:mod:`corepool.traffic`); :class:`Counters` keeps each live
+worker's latest report and adds a worker's last report to the retired totals once it is gone, so the pool's
+counters never go down across worker replacement. A scrape first pings every worker (as ``corepool status``
+does) and is answered once they have answered, or after a short wait: the counts are as fresh as a pong.
+
+The endpoint is a socket named ``metrics`` (a systemd socket with ``FileDescriptorName=metrics``, or
+``--bind metrics=ADDR``) or the ``metrics_bind`` address. It is never handed to workers: the primary closes it
+in every process it forks. :class:`MetricsServer` is a small non-blocking HTTP/1.x responder the primary's
+``selectors`` loop drives; the exposition is prometheus-client's text format, from a custom collector (no
+multiprocess mode, no files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from corepool import listeners, traffic
+from corepool.crashpolicy import Cause
+from corepool.traffic import Traffic
+
+if TYPE_CHECKING:
+    from corepool.policy import Policy
+
+NAME = "metrics"  # the socket name that makes a listener the metrics endpoint
+MAX_CONNECTIONS = 8  # scrapers at once; beyond, the oldest connection is closed
+MAX_REQUEST_BYTES = 8192
+BACKLOG = 16
+
+
+# --------------------------------------------------------------------------------------------- counters
+
+
+@dataclass
+class Counters:
+    """The pool's monotonic totals, fed by the primary as it reads pongs and carries out the policy's actions."""
+
+    live: dict[int, Traffic] = field(default_factory=dict)  # wid -> its latest report
+    connections: dict[int, int] = field(default_factory=dict)  # wid -> open connections at its latest report
+    retired: Traffic = field(default_factory=Traffic)
+    deaths: dict[str, int] = field(default_factory=lambda: {c.value: 0 for c in Cause})
+    reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
+    canary: dict[str, int] = field(default_factory=lambda: {"pass": 0, "rollback": 0})
+
+    def report(self, wid: int, counts: Traffic | None, connections: object = None) -> None:
+        """A worker's pong: its cumulative counts replace its previous report."""
+        if counts is not None:
+            self.live[wid] = counts
+        if isinstance(connections, int) and not isinstance(connections, bool):
+            self.connections[wid] = connections
+
+    def settle(self, alive: Mapping[int, object]) -> None:
+        """Move the last report of every worker no longer in ``alive`` (wid -> anything) into the totals."""
+        for wid in [wid for wid in self.live if wid not in alive]:
+            self.retired = self.retired + self.live.pop(wid)
+        for wid in [wid for wid in self.connections if wid not in alive]:
+            del self.connections[wid]
+
+    def total(self) -> Traffic:
+        return traffic.combine([self.retired, *self.live.values()])
+
+    def note(self, event: str, fields: Mapping[str, object]) -> None:
+        """Count what a policy report says: a worker's end (with its CAUSE), a canary verdict."""
+        if event in ("exit", "death") and isinstance(cause := fields.get("CAUSE"), str):
+            self.deaths[cause] = self.deaths.get(cause, 0) + 1
+        elif event == "canary" and isinstance(verdict := fields.get("VERDICT"), str):
+            self.canary[verdict] = self.canary.get(verdict, 0) + 1
+
+    def reload_finished(self, ok: bool) -> None:
+        self.reloads["ok" if ok else "failed"] += 1
+
+
+# ------------------------------------------------------------------------------------------- exposition
+
+
+@dataclass(frozen=True)
+class Broadcasts:
+    relayed: int = 0
+    dropped: int = 0
+
+
+class _PoolCollector:
+    """prometheus-client's custom-collector protocol: ``collect()`` yields metric families."""
+
+    def __init__(self, policy: Policy, counters: Counters, broadcasts: Broadcasts, rss: Callable[[int | None],
+                 int | None]) -> None:
+        self.policy, self.counters, self.broadcasts, self.rss = policy, counters, broadcasts, rss
+
+    def collect(self) -> Iterator[Metric]:
+        p, c = self.policy, self.counters
+        total = c.total()
+        requests = CounterMetricFamily("corepool_requests", "HTTP requests finished, by method and status class",
+                                       labels=["method", "status_class"])
+        for method in sorted(traffic.METHODS | {"other"}):
+            for cls_ in traffic.STATUS_CLASSES:
+                n = total.requests.get((method, cls_), 0)
+                if n or (method == "GET" and cls_ in ("2xx", "5xx")):  # the usual series exist from the start
+                    requests.add_metric([method, cls_], n)
+        yield requests
+        buckets: list[tuple[str, float]] = []
+        running = 0
+        for bound, n in zip((*traffic.BUCKETS, float("inf")), total.buckets, strict=True):
+            running += n
+            buckets.append(("+Inf" if bound == float("inf") else _float(bound), running))
+        yield HistogramMetricFamily("corepool_request_duration_seconds",
+                                    "Time from a request's start to the app's last response byte",
+                                    buckets=buckets, sum_value=total.seconds)
+        live = [w for w in p.workers.values() if w.pid is not None]
+        yield _gauge("corepool_requests_in_flight", "Requests being served now", sum(w.inflight for w in live))
+        yield _gauge("corepool_connections_open", "Open client connections held by workers",
+                     sum(c.connections.values()))
+        yield _gauge("corepool_wsgi_threads_busy", "WSGI app threads running a request",
+                     sum(w.busy_threads for w in live))
+        yield _gauge("corepool_wsgi_threads", "WSGI app threads", sum(w.threads for w in live))
+        deaths = CounterMetricFamily("corepool_worker_deaths", "Worker ends by cause", labels=["cause"])
+        for cause, n in sorted(c.deaths.items()):
+            deaths.add_metric([cause], n)
+        yield deaths
+        reloads = CounterMetricFamily("corepool_reloads", "Reloads by result (failed: rolled back)", labels=["result"])
+        for result, n in sorted(c.reloads.items()):
+            reloads.add_metric([result], n)
+        yield reloads
+        canary = CounterMetricFamily("corepool_canary_verdicts", "Canary verdicts of reloads", labels=["verdict"])
+        for verdict, n in sorted(c.canary.items()):
+            canary.add_metric([verdict], n)
+        yield canary
+        broadcasts = CounterMetricFamily("corepool_broadcast_messages", "Broadcast messages relayed to a worker, "
+                                         "or dropped (over a bound or a rate limit)", labels=["result"])
+        broadcasts.add_metric(["relayed"], self.broadcasts.relayed)
+        broadcasts.add_metric(["dropped"], self.broadcasts.dropped)
+        yield broadcasts
+        rss = GaugeMetricFamily("corepool_worker_rss_bytes", "Resident memory of each worker",
+                                labels=["slot", "generation", "pid"])
+        for w in sorted(live, key=lambda w: (w.slot, w.wid)):
+            value = self.rss(w.pid)
+            if value is not None:
+                rss.add_metric([str(w.slot), str(w.generation), str(w.pid)], value)
+        yield rss
+        states = GaugeMetricFamily("corepool_workers", "Workers by state", labels=["state"])
+        for state in ("booting", "ready", "draining"):
+            states.add_metric([state], sum(1 for w in p.workers.values() if w.state.value == state))
+        yield states
+        yield _gauge("corepool_workers_wanted", "Workers the pool is configured to run", p.workers_wanted)
+        yield _gauge("corepool_generation", "The generation of the app the pool serves", p.generation)
+        yield _gauge("corepool_reloading", "1 while a reload rolls", 1 if p.reloading else 0)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=value)
+
+
+def _float(bound: float) -> str:
+    return repr(float(bound))
+
+
+def render(policy: Policy, counters: Counters, broadcasts: Broadcasts,
+           rss: Callable[[int | None], int | None]) -> bytes:
+    """The exposition in Prometheus' text format (with the primary's own process_* metrics)."""
+    counters.settle(policy.workers)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_PoolCollector(policy, counters, broadcasts, rss))
+    ProcessCollector(registry=registry)
+    return generate_latest(registry)
+
+
+# --------------------------------------------------------------------------------------------- endpoint
+
+
+def take_listener(found: list[listeners.Listener]) -> tuple[listeners.Listener | None, list[listeners.Listener]]:
+    """Split off the socket named ``metrics`` (it must never reach a worker); the rest serve the app."""
+    metrics = [lst for lst in found if lst.name == NAME]
+    rest = [lst for lst in found if lst.name != NAME]
+    for extra in metrics[1:]:
+        extra.close()
+    return (metrics[0] if metrics else None), rest
+
+
+Respond = Callable[[bytes], None]
+
+
+class _Connection:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbox = b""
+        self.outbox = b""
+        self.asked = False  # a complete request was read; its answer is being prepared or sent
+
+
+class MetricsServer:
+    """Answers ``GET /metrics`` on one listening socket, driven by the primary's selector.
+
+    ``on_scrape(respond)`` is called for each scrape; the primary calls ``respond(body)`` once the workers'
+    counts are fresh (it may do so at once). Connections are closed after each answer.
+    """
+
+    def __init__(self, selector: selectors.BaseSelector, on_scrape: Callable[[Respond], None],
+                 listener: listeners.Listener | None = None, bind: str | None = None) -> None:
+        self.selector = selector
+        self.on_scrape = on_scrape
+        self.listener = listener
+        self.bind = bind
+        self.connections: dict[int, _Connection] = {}  # fd -> connection, oldest first
+
+    @property
+    def enabled(self) -> bool:
+        return self.listener is not None or bool(self.bind)
+
+    @property
+    def address(self) -> str | None:
+        return None if self.listener is None else self.listener.address
+
+    def open(self) -> None:
+        """Bind ``metrics_bind`` (unless a socket named metrics was passed) and start accepting."""
+        if self.listener is None and self.bind:
+            self.listener = listeners.bind(self.bind, BACKLOG)
+        if self.listener is None:
+            return
+        sock = self.listener.sock
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        self.selector.register(sock, selectors.EVENT_READ, self._accept)
+
+    def fds(self) -> list[int]:
+        """Descriptors a forked child must close."""
+        fds = [c.sock.fileno() for c in self.connections.values()]
+        if self.listener is not None:
+            fds.append(self.listener.sock.fileno())
+        return [fd for fd in fds if fd >= 0]
+
+    def close(self) -> None:
+        for conn in list(self.connections.values()):
+            self._drop(conn)
+        if self.listener is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(self.listener.sock)
+            self.listener.close()
+
+    def _accept(self, _mask: int) -> None:
+        assert self.listener is not None
+        for _ in range(MAX_CONNECTIONS):
+            try:
+                sock, _ = self.listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # EMFILE and friends: the scraper retries at its next interval
+                return
+            sock.setblocking(False)
+            while len(self.connections) >= MAX_CONNECTIONS:
+                self._drop(next(iter(self.connections.values())))
+            conn = _Connection(sock)
+            self.connections[sock.fileno()] = conn
+            self.selector.register(sock, selectors.EVENT_READ, lambda mask, c=conn: self._ready(c, mask))
+
+    def _ready(self, conn: _Connection, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self._flush(conn)
+            return
+        try:
+            data = conn.sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        if conn.asked:
+            return  # pipelined bytes after the request: ignored, the connection closes after the answer
+        conn.inbox += data
+        head, sep, _ = conn.inbox.partition(b"\r\n\r\n")
+        if not sep:
+            if len(conn.inbox) > MAX_REQUEST_BYTES:
+                self._answer(conn, 431, b"request header too large\n")
+            return
+        conn.asked = True
+        parts = head.split(b"\r\n", 1)[0].split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+            self._answer(conn, 400, b"bad request\n")
+            return
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method not in (b"GET", b"HEAD"):
+            self._answer(conn, 405, b"only GET\n", extra=b"Allow: GET, HEAD\r\n")
+        elif target not in (b"/metrics", b"/"):
+            self._answer(conn, 404, b"the metrics are at /metrics\n")
+        else:
+            head_only = method == b"HEAD"
+            self.on_scrape(lambda body: self._answer(conn, 200, body, CONTENT_TYPE_LATEST.encode(), head_only))
+
+    def _answer(self, conn: _Connection, code: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
+                head_only: bool = False, extra: bytes = b"") -> None:
+        if conn.sock.fileno() not in self.connections or conn.outbox:
+            return  # closed meanwhile, or already answered
+        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+                  431: b"Request Header Fields Too Large"}[code]
+        conn.asked = True
+        conn.outbox = (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n%s\r\n"
+                       % (code, reason, content_type, len(body), extra)) + (b"" if head_only else body)
+        self._flush(conn)
+
+    def _flush(self, conn: _Connection) -> None:
+        try:
+            sent = conn.sock.send(conn.outbox)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            self._drop(conn)
+            return
+        conn.outbox = conn.outbox[sent:]
+        if not conn.outbox:
+            self._drop(conn)
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
+                                 lambda mask, c=conn: self._ready(c, mask))
+
+    def _drop(self, conn: _Connection) -> None:
+        fd = conn.sock.fileno()
+        if fd < 0:
+            return
+        self.connections.pop(fd, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn.sock)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)  # a FIN after the answer, not an RST
+        conn.sock.close()
