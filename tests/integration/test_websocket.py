@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import resource
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -136,3 +138,37 @@ def test_a_thousand_websockets_across_a_rolling_reload(pool_factory: Any) -> Non
     assert generations == [2] * clients
     print(f"websockets across a reload: {clients} clients, {len(codes)} closes, codes {sorted(set(codes))}")
     assert len(codes) >= clients and set(codes) == {1001}
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each whole unmasked server frame in ``data``."""
+    frames, i = [], 0
+    while i + 2 <= len(data):
+        opcode, length, i = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
+        if length == 126:
+            length, i = int.from_bytes(data[i:i + 2], "big"), i + 2
+        elif length == 127:
+            length, i = int.from_bytes(data[i:i + 8], "big"), i + 8
+        frames.append((opcode, data[i:i + length]))
+        i += length
+    return frames
+
+
+@pytest.mark.parametrize("impl", ["websockets", "wsproto"])
+def test_a_peer_that_never_answers_pings_is_closed_after_ws_ping_timeout(pool_factory: Any, impl: str) -> None:
+    if impl == "wsproto":
+        pytest.importorskip("wsproto")
+    pool = pool_factory(APP, "--ws", impl, "--ws-ping-interval", "0.3", "--ws-ping-timeout", "0.3", workers=1).start()
+    with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as sock:
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):  # never a pong: read until the server gives up on us
+                data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    opcodes = [opcode for opcode, _ in _frames(rest)]
+    assert 0x9 in opcodes  # pinged (within 10 s: ws_ping_interval was applied, not the 20 s default)
+    closes = [payload for opcode, payload in _frames(rest) if opcode == 0x8]
+    assert closes and int.from_bytes(closes[0][:2], "big") == 1011  # "keepalive ping timeout"
