@@ -3,6 +3,7 @@ False) or dropped and counted by the primary; a flood never stalls the primary."
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -139,3 +140,28 @@ def test_a_message_over_max_message_bytes_is_refused_on_its_encoded_size(pool: P
         time.sleep(0.05)
     time.sleep(0.2)  # the refused one would have been right behind it
     assert receiver.get("/received")["big"] == [4096 - overhead], "the one that fits arrives, whole; the other not"
+
+
+def test_a_worker_flooding_its_channel_directly_is_rate_limited_by_the_primary(pool: Pool) -> None:
+    """A worker that bypasses broadcast()'s budget and writes valid broadcasts as fast as its channel takes
+    them: the primary relays at most its guard rate, drops and counts the rest, and keeps answering."""
+    flooder, other = workers(pool.port)
+
+    def run_flood() -> None:
+        # The flooder fills its own channel, so its pongs may not get through and it may be replaced meanwhile.
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            flooder.get("/rogue?seconds=2")
+
+    flood = threading.Thread(target=run_flood, daemon=True)
+    flood.start()
+    statuses = []
+    while flood.is_alive():
+        statuses.append(pool.status())  # pings every worker and waits for their pongs
+    flood.join()
+    assert statuses and all(s["phase"] == "running" for s in statuses)
+    assert all(other.pid in {w["pid"] for w in s["workers"]} for s in statuses), "the other worker was untouched"
+    assert "dropping broadcasts from worker" in pool.log() and "over the rate limit" in pool.log()
+    received = other.get("/received")["flood"]
+    # At most the guard's burst plus its rate over the flood (and the time the flood took to start and end).
+    assert received <= relay.RATE * relay.GUARD * (1 + 2 + 2), received
+    assert pool.log().count("dropping broadcasts from worker") <= 2, "logged per burst, not per message"

@@ -21,10 +21,32 @@ def test_parse_bind(spec: str, family: socket.AddressFamily, address: object) ->
     assert listeners.parse_bind(spec) == (family, address)
 
 
-@pytest.mark.parametrize("spec", ["localhost", "1.2.3.4:http", "::1:80", "unix:", "h:70000"])
+@pytest.mark.parametrize("spec", ["localhost", "1.2.3.4:http", "::1:80", "unix:", "h:70000", "h:\u00b2", "h:-1",
+                                  "h:", "h:8 0"])
 def test_parse_bind_rejects(spec: str) -> None:
     with pytest.raises(listeners.ListenerError, match="bind"):
         listeners.parse_bind(spec)
+
+
+def test_listen_fds_that_are_not_plain_digits_are_refused() -> None:
+    for count in ("\u00b2", "\u0663", " 1", "1.0"):  # str.isdigit says yes to the first two; int() to the third
+        env = {"LISTEN_FDS": count, "LISTEN_PID": str(os.getpid())}
+        with pytest.raises(listeners.ListenerError, match="is not a number"):
+            listeners.from_systemd(env)
+
+
+def test_queued_traffic_leaves_half_the_channel_for_pings() -> None:
+    a, b = channel.pair()
+    try:
+        filler = channel.encode("message", topic="t", data="x" * 1000)
+        while channel.has_room(a):
+            assert channel.send(a, filler)
+        assert channel.queued_bytes(a) >= a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2
+        for seq in range(100):  # what the primary and workers send directly still goes through
+            assert channel.send(a, channel.encode("ping", seq=seq))
+    finally:
+        a.close()
+        b.close()
 
 
 def test_listen_pid_of_another_process_is_ignored_with_a_warning() -> None:
