@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import (
     CollectorRegistry,
     CounterMetricFamily,
@@ -43,6 +42,8 @@ NAME = "metrics"  # the socket name that makes a listener the metrics endpoint
 MAX_CONNECTIONS = 8  # scrapers at once; beyond, the oldest connection is closed
 MAX_REQUEST_BYTES = 8192
 BACKLOG = 16
+# What generate_latest() writes: the classic text format, which every Prometheus (2.x included) parses.
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
 # --------------------------------------------------------------------------------------------- counters
@@ -301,7 +302,7 @@ class MetricsServer:
             self._answer(conn, 404, b"the metrics are at /metrics\n")
         else:
             head_only = method == b"HEAD"
-            self.on_scrape(lambda body: self._answer(conn, 200, body, CONTENT_TYPE_LATEST.encode(), head_only))
+            self.on_scrape(lambda body: self._answer(conn, 200, body, CONTENT_TYPE, head_only))
 
     def _answer(self, conn: _Connection, code: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
                 head_only: bool = False, extra: bytes = b"") -> None:
