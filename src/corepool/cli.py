@@ -75,13 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
     units.add_argument("--user", help="run as this user instead of a DynamicUser=")
     units.add_argument("--output", metavar="DIR", help="write the two files into DIR instead of printing them")
 
-    for name, text in (("status", "show the running pool and each worker"), ("reload", "rolling reload")):
+    for name, text in (("status", "show the running pool and each worker"), ("reload", "rolling reload"),
+                       ("drain", "take this host out of its load balancers: the health endpoint answers 503 while "
+                        "the pool still serves")):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--control", metavar="PATH", help="control socket of the pool (default: from --name)")
         p.add_argument("--name", default="corepool", help="pool name, for the default control socket path")
         p.add_argument("--config", "-c", metavar="FILE", help="take name/control from this settings file")
         if name == "status":
             p.add_argument("--json", action="store_true", help="print the status as JSON")
+        elif name == "drain":
+            what = p.add_mutually_exclusive_group()
+            what.add_argument("--stop", action="store_true", help="stop gracefully once drain_seconds are over")
+            what.add_argument("--cancel", action="store_true", help="end a drain: health checks pass again")
         else:
             p.add_argument("--wait", action="store_true", help="return when the reload is over; exit 1 if rolled back")
             p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds")
@@ -90,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"serve": _serve, "check": _check, "status": _status, "reload": _reload, "units": _units}[args.command]
+    handler = {"serve": _serve, "check": _check, "status": _status, "reload": _reload, "drain": _drain,
+               "units": _units}[args.command]
     try:
         code = handler(args)
         sys.stdout.flush()  # here, so a reader that went away (status | head -1) is noticed below
@@ -119,6 +126,9 @@ def _load_settings(args: argparse.Namespace) -> settings.Settings:
     if args.app:
         flags["app"] = args.app
     s = settings.load(args.config, flags)
+    from corepool import backends
+
+    backends.check(s.broadcast)
     if not s.app:
         raise settings.SettingsError(
             "no app given: pass module:attribute (for example: corepool serve corepool.demo:app) "
@@ -246,6 +256,19 @@ def _reload(args: argparse.Namespace) -> int:
         print(f"reload done: {reason}")
         return 0
     return _fail(EXIT_FAILURE, f"reload failed: {reason}")
+
+
+def _drain(args: argparse.Namespace) -> int:
+    answer = control.request(_control_path(args), {"cmd": "drain", "stop": args.stop, "cancel": args.cancel})
+    if not answer.get("ok"):
+        return _fail(EXIT_FAILURE, str(answer.get("error")))
+    if args.cancel:
+        print(f"drain cancelled: health {answer['health']}: {answer['reason']}")
+    else:
+        then = "then a graceful stop" if args.stop else "until corepool drain --cancel"
+        print(f"draining: health {answer['health']} for {answer['drain_seconds']:g}s at least, {then}: "
+              f"{answer['reason']}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The control socket: ``corepool status`` and ``corepool reload`` talk to a running primary through it.
+"""The control socket: ``corepool status``, ``reload`` and ``drain`` talk to a running primary through it.
 
 A unix stream socket, mode 0600. A client sends one JSON object on one line and gets one JSON object on one line
 back; ``{"cmd": "reload", "wait": true}`` gets its answer when the reload is over.
@@ -10,6 +10,9 @@ request                     answer
 ``{"cmd": "reload"}``       ``{"ok": true, "generation": N}`` once the reload is started or queued
 ``{"cmd": "reload",         ``{"ok": true|false, "generation": N, "reason": "..."}`` when it is done
 "wait": true}``             (``ok`` false: rolled back, the old workers still serve)
+``{"cmd": "drain",          ``{"ok": true, "health": 503, "reason": "...", "drain_seconds": S}``: the
+"stop": bool,               health endpoint answers 503 while every worker serves on (``stop``: then
+"cancel": bool}``           a graceful stop after ``drain_seconds``; ``cancel``: 200 again)
 anything else               ``{"ok": false, "error": "..."}``
 ==========================  ======================================================================
 

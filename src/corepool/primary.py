@@ -25,11 +25,13 @@ from typing import Any
 
 from corepool import (
     apps,
+    backends,
     balance,
     channel,
     control,
     engines,
     events,
+    health,
     hooks,
     loader,
     log,
@@ -48,6 +50,7 @@ from corepool.systemd import Notifier
 
 _PR_SET_CHILD_SUBREAPER = 36
 STATUS_WAIT = 0.25  # how long `corepool status` waits for fresh pongs before answering with what it has
+REMOTE_SENDER = 0  # the relay's sender id for broadcasts from other hosts (workers' ids start at 1)
 
 HANDLED_SIGNALS = (
     signal.SIGCHLD,
@@ -114,6 +117,7 @@ class Primary:
         self.config_error: str | None = None
         # A socket named "metrics" is the metrics endpoint's: kept out of the app's listeners, never in a worker.
         metrics_listener, self.listeners = metrics.take_listener(listeners)
+        health_listener, self.listeners = health.take_listener(self.listeners)  # the same for "health"
         self.notifier = notifier
         self.policy = Policy(
             workers_wanted=s.workers, timing=timing_for(s, notifier.watchdog_interval), preload=s.mode == "preload",
@@ -123,6 +127,9 @@ class Primary:
         self.control = control.ControlServer(s.control_path(), self.selector, self._control_request)
         self.counters = metrics.Counters()
         self.metrics = metrics.MetricsServer(self.selector, self._on_scrape, metrics_listener, s.metrics_bind)
+        self.health = health.HealthServer(self.selector, lambda: health.verdict(self.policy), health_listener,
+                                          s.health_bind)
+        self.broadcast = backends.make(s.broadcast, s.broadcast_channel, s.max_message_bytes)
         self.channels: dict[int, socket.socket] = {}  # wid -> the primary's end of its channel
         self.pids: dict[int, int] = {}  # pid -> wid
         self.loader_channels: dict[int, socket.socket] = {}  # generation -> channel
@@ -168,6 +175,13 @@ class Primary:
             log.event("start", f"metrics_bind: {exc}", warning=True)
             self._cleanup()
             return policy.EXIT_FAILURE
+        try:
+            self.health.open()
+        except ListenerError as exc:
+            log.event("start", f"health_bind: {exc}", warning=True)
+            self._cleanup()
+            return policy.EXIT_FAILURE
+        self.broadcast.open(self.selector, self._remote_broadcast, self._broadcast_news)
         self._install_signals()
         if self.settings.reload:
             from corepool import devreload  # type: ignore[attr-defined,unused-ignore]  # development only
@@ -177,7 +191,8 @@ class Primary:
         log.event(
             "start",
             f"corepool {self._version()} primary {os.getpid()}: serving {self.settings.app} on {where} with "
-            f"{self.settings.workers} workers; control socket {self.control.path}",
+            f"{self.settings.workers} workers; control socket {self.control.path}"
+            + (f"; health checks on {self.health.address}" if self.health.address else ""),
         )
         self.notifier.extend_timeout(self.settings.boot_timeout + 10)
         self.events.append(events.Start(time.monotonic()))
@@ -209,6 +224,8 @@ class Primary:
         signal.set_wakeup_fd(-1)
         self.control.close()
         self.metrics.close()
+        self.health.close()
+        self.broadcast.close()
         for sock in [*self.channels.values(), *self.loader_channels.values()]:
             sock.close()
         for listener in self.listeners:
@@ -236,7 +253,14 @@ class Primary:
         if signum == signal.SIGCHLD:
             self._reap(now)
         elif signum in (signal.SIGTERM, signal.SIGINT):
-            log.event("stop", f"{signal.Signals(signum).name}: graceful stop")
+            name = signal.Signals(signum).name
+            if self._may_drain_first():
+                # Balancers first: health checks fail for drain_seconds while every worker still serves.
+                log.event("stop", f"{name}: draining the host for {self.settings.drain_seconds:g}s, then a "
+                          f"graceful stop (another {name} stops at once)")
+                self._begin_drain(now, then_stop=True)
+                return
+            log.event("stop", f"{name}: graceful stop")
             graceful = self.policy.phase is not policy.PoolPhase.STOPPING
             self._begin_stop(now, graceful)
         elif signum == signal.SIGQUIT:
@@ -250,6 +274,18 @@ class Primary:
             self.events.append(events.ScaleRequested(1, now))
         elif signum == signal.SIGTTOU:
             self.events.append(events.ScaleRequested(-1, now))
+
+    def _may_drain_first(self) -> bool:
+        """A stop drains the host first when balancers check health here, once (a second signal stops at once)."""
+        p = self.policy
+        return (self.health.enabled and self.settings.drain_seconds > 0 and not p.host_drain_then_stop
+                and p.phase is policy.PoolPhase.RUNNING)  # starting: health says 503 already
+
+    def _begin_drain(self, now: float, then_stop: bool) -> None:
+        if then_stop:
+            self.notifier.stopping(f"draining: health checks fail for {self.settings.drain_seconds:g}s, then stopping")
+            self.notifier.extend_timeout(self.settings.drain_seconds + self.settings.graceful_timeout + 5)
+        self.events.append(events.HostDrainRequested(now, self.settings.drain_seconds, then_stop))
 
     def _begin_stop(self, now: float, graceful: bool) -> None:
         if self.policy.phase is not policy.PoolPhase.STOPPING:
@@ -413,7 +449,7 @@ class Primary:
             self.selector, self._wake_r, self._wake_w, *also_close,
             *self.channels.values(), *self.loader_channels.values(),
         ]
-        control_fds = self.control.fds() + self.metrics.fds()
+        control_fds = self.control.fds() + self.metrics.fds() + self.health.fds() + self.broadcast.fds()
         pid = os.fork()
         if pid == 0:
             code = 1
@@ -614,6 +650,21 @@ class Primary:
         serving = {wid: (w.pid, sock) for wid, sock in self.channels.items()
                    if (w := self.policy.workers.get(wid)) is not None and w.state is not WorkerState.DRAINING}
         relay.of(self.selector).forward(sender, self._pid(sender), message, serving, self.settings.max_message_bytes)
+        if isinstance(message.get("topic"), str):
+            self.broadcast.publish(message["topic"], message.get("data"))
+
+    def _remote_broadcast(self, topic: str, data: Any) -> None:
+        """A broadcast from another host (the backend): to every serving worker of this one, through the relay."""
+        from corepool import relay
+
+        serving = {wid: (w.pid, sock) for wid, sock in self.channels.items()
+                   if (w := self.policy.workers.get(wid)) is not None and w.state is not WorkerState.DRAINING}
+        relay.of(self.selector).forward(REMOTE_SENDER, None, {"topic": topic, "data": data}, serving,
+                                        self.settings.max_message_bytes)
+
+    def _broadcast_news(self, text: str, bad: bool) -> None:
+        log.event("broadcast", text, warning=bad)
+        self.notifier.status(self.status_line())
 
     # -------------------------------------------------------------------------------------- control
 
@@ -643,8 +694,36 @@ class Primary:
             else:
                 last = self.policy.last_reload
                 reply({"ok": bool(last and last.ok), "reason": last.reason if last else "no reload ran"})
+        elif cmd == "drain":
+            self._control_drain(req, reply)
         else:
-            reply({"ok": False, "error": f"unknown command {cmd!r} (known: status, reload)"})
+            reply({"ok": False, "error": f"unknown command {cmd!r} (known: status, reload, drain)"})
+
+    def _control_drain(self, req: dict[str, Any], reply: control.Reply) -> None:
+        """``corepool drain [--stop] [--cancel]``: take this host out of its balancers (or back in)."""
+        now = time.monotonic()
+        p = self.policy
+        if p.phase in (policy.PoolPhase.STOPPING, policy.PoolPhase.EXITED):
+            reply({"ok": False, "error": "the pool is stopping"})
+            return
+        if req.get("cancel"):
+            if p.host_drain_then_stop:
+                reply({"ok": False, "error": "this drain ends in a stop and cannot be cancelled"})
+                return
+            self.events.append(events.HostDrainCancelled(now))
+        elif not self.health.enabled:
+            reply({"ok": False, "error": "this pool has no health endpoint (health_bind, or a socket named health): "
+                   "nothing would tell a balancer to move traffic away"})
+            return
+        else:
+            stop = bool(req.get("stop"))
+            if stop:
+                log.event("stop", f"corepool drain --stop: draining the host for {self.settings.drain_seconds:g}s, "
+                          "then a graceful stop")
+            self._begin_drain(now, then_stop=stop)
+        self._drain_events()
+        v = health.verdict(self.policy)
+        reply({"ok": True, "health": v.code, "reason": v.reason, "drain_seconds": self.settings.drain_seconds})
 
     def _on_scrape(self, respond: metrics.Respond) -> None:
         """A Prometheus scrape: ping every ready worker, answer once they have (or after STATUS_WAIT)."""
@@ -691,13 +770,24 @@ class Primary:
             control=self.control.path,
             metrics=self.metrics.address,
             config_error=self.config_error,
+            health=self._health_status(),
+            broadcast=self.broadcast.status(),
         )
+
+    def _health_status(self) -> dict[str, Any] | None:
+        if not self.health.enabled:
+            return None
+        v = health.verdict(self.policy)
+        until = self.policy.host_drain_until
+        return {"address": self.health.address, "code": v.code, "reason": v.reason,
+                "draining": self.policy.host_draining, "then_stop": self.policy.host_drain_then_stop,
+                "drain_left": None if until is None else round(max(0.0, until - time.monotonic()), 3)}
 
     def requests_total(self) -> int:
         return self.requests_retired + sum(w.requests for w in self.policy.workers.values())
 
     def status_line(self) -> str:
-        return status.line(self.policy, self.requests_total())
+        return status.line(self.policy, self.requests_total(), self.broadcast.line())
 
     # ------------------------------------------------------------------------------------------- timing
 

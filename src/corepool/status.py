@@ -63,9 +63,11 @@ def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
     }
 
 
-def line(p: Policy, requests: int) -> str:
-    """The one-line summary systemd shows as the unit's status."""
+def line(p: Policy, requests: int, broadcast: str | None = None) -> str:
+    """The one-line summary systemd shows as the unit's status (``broadcast``: the backend's note, if any)."""
     text = f"{p.ready_count()}/{p.workers_wanted} workers ready, generation {p.generation}, {requests} requests"
+    if p.host_draining and p.phase.value not in ("stopping", "exited"):
+        text += "; host draining (health 503)" + (", then stopping" if p.host_drain_then_stop else "")
     if p.reloading and p.roll is not None:
         text += f"; reloading to generation {p.roll.generation}"
     elif p.last_reload is not None:
@@ -77,6 +79,8 @@ def line(p: Policy, requests: int) -> str:
     unplanned = {cause: n for cause, n in deaths.items() if cause not in ("reload", "stop", "scale", "recycle")}
     if unplanned:
         text += "; deaths: " + ", ".join(f"{n} {cause}" for cause, n in sorted(unplanned.items()))
+    if broadcast:
+        text += f"; {broadcast}"
     return text
 
 
@@ -122,6 +126,15 @@ def format_text(status: dict[str, Any]) -> str:
         verdict = "ok" if last["ok"] else "ROLLED BACK"
         ago = _seconds(last["ago"])
         lines.append(f"last reload: generation {last['generation']} {verdict} {ago} ago: {last['reason']}")
+    health = status.get("health")
+    if health:
+        lines.append(f"health {health['code']} on {health['address']}: {health['reason']}")
+    bcast = status.get("broadcast") or {}
+    if bcast.get("backend") == "redis":
+        dropped = sum(bcast.get("dropped", {}).values())
+        lines.append(f"broadcast: redis {bcast['url']} channel {bcast['channel']!r}: {bcast['state']}"
+                     + (f" ({bcast['error']})" if bcast.get("error") else "")
+                     + f"; {bcast['published']} published, {bcast['received']} received, {dropped} dropped")
     if status.get("config_error"):
         lines.append(f"config not reloaded: {status['config_error']}")
     header = ("SLOT", "PID", "GEN", "STATE", "UPTIME", "REQUESTS", "IN FLIGHT", "THREADS", "RSS", "LAST PONG")
