@@ -154,22 +154,25 @@ class Relay:
         max_message_bytes: int,
         now: float | None = None,
     ) -> None:
-        """Relay one ``broadcast`` message from worker ``sender`` to ``targets`` (wid → (pid, channel))."""
+        """Relay one ``broadcast`` message from ``sender`` to every one of ``targets`` (wid → (pid, channel)) but
+        the sender itself. ``sender`` need not be a target (another host's messages, say: ``sender_pid`` None)."""
         now = time.monotonic() if now is None else now
-        self._forget_all_but(targets)
-        senders = self.senders.setdefault(sender, BurstLog(f"broadcasts from worker {sender_pid}"))
+        self._forget_all_but(targets, now)
+        what = f"broadcasts from worker {sender_pid}" if sender_pid is not None else "broadcasts from other hosts"
+        senders = self.senders.setdefault(sender, BurstLog(what))
+        destinations = sum(1 for wid in targets if wid != sender)
         topic = message.get("topic")
         if not isinstance(topic, str):
-            self._drop_for_all(senders, "no string topic", len(targets))
+            self._drop_for_all(senders, "no string topic", destinations)
             return
         frame = channel.encode("message", topic=topic, data=message.get("data"), sender=sender_pid)
         if len(frame) > broadcast_limit(max_message_bytes) + RELAY_SLACK:
-            self._drop_for_all(senders, "over max_message_bytes", len(targets))
+            self._drop_for_all(senders, "over max_message_bytes", destinations)
             return
         budget = self.budgets.setdefault(sender, Budget(RATE * GUARD, BYTE_RATE * GUARD,
                                                         RATE * GUARD, BYTE_RATE * GUARD))
         if not budget.take(len(frame), now):
-            self._drop_for_all(senders, "over the rate limit", len(targets),
+            self._drop_for_all(senders, "over the rate limit", destinations,
                                f"{RATE * GUARD:g} messages, {BYTE_RATE * GUARD / 2**20:g} MiB per second", now)
             return
         senders.end(now=now)
@@ -180,7 +183,7 @@ class Relay:
     def _drop_for_all(self, senders: BurstLog, reason: str, destinations: int, detail: str = "",
                       now: float | None = None) -> None:
         senders.miss(reason, detail, now=now)
-        self.dropped += max(0, destinations - 1)
+        self.dropped += destinations
 
     def _offer(self, wid: int, pid: int | None, sock: socket.socket, frame: bytes, max_message_bytes: int) -> None:
         queue = self.queues.get(wid)
@@ -267,15 +270,18 @@ class Relay:
         queue.drops.end(drained=True)
         self._disarm(queue)
 
-    def _forget_all_but(self, targets: Mapping[int, tuple[int | None, socket.socket]]) -> None:
-        """Queues of workers that are gone or draining: their messages are dropped (and counted)."""
+    def _forget_all_but(self, targets: Mapping[int, tuple[int | None, socket.socket]], now: float) -> None:
+        """Queues of workers that are gone or draining: their messages are dropped (and counted). Budgets that
+        have been idle long enough to be full again are forgotten (a fresh one is the same), so that 10,000
+        worker replacements leave nothing behind."""
         for wid in [w for w in self.queues if w not in targets]:
             self._forget(wid, "the worker is draining or gone")
-        for wid in [w for w in self.budgets if w not in targets]:
-            self.budgets.pop(wid, None)
-            log_ = self.senders.pop(wid, None)
-            if log_ is not None:
-                log_.end(drained=True)
+        for sender in [s for s, b in self.budgets.items() if b.at is None or now - b.at >= 1.0]:
+            del self.budgets[sender]
+        for sender, burst in list(self.senders.items()):
+            burst.end(now=now)
+            if not burst.count and sender not in self.budgets:
+                del self.senders[sender]
 
 
 _relays: weakref.WeakKeyDictionary[selectors.BaseSelector, Relay] = weakref.WeakKeyDictionary()

@@ -298,3 +298,33 @@ def test_broadcast_from_app_threads_is_flushed_by_the_loop() -> None:
     finally:
         primary_end.close()
         worker_end.close()
+
+
+def test_relay_from_a_sender_that_is_not_a_worker_reaches_every_worker_and_is_guarded() -> None:
+    """Another host's broadcasts (the primary's backend) come in under a sender id no worker has."""
+    pool = _Pool(3)
+    try:
+        limit = int(relay.RATE * relay.GUARD)
+        for _ in range(limit + 10):
+            pool.relay.forward(-1, None, {"topic": "t", "data": 1}, pool.targets(), 65536, 7.0)
+            for _p, w in pool.ends.values():
+                _drain(w)
+            pool.turn()
+        for _p, w in pool.ends.values():
+            _drain(w)
+        assert pool.relay.relayed == 3 * limit, "every worker, the guard applies to it too"
+        assert pool.relay.dropped == 3 * 10, "each refused message counted once per destination"
+    finally:
+        pool.close()
+
+
+def test_relay_state_does_not_grow_with_worker_replacements() -> None:
+    pool = _Pool(2)
+    try:
+        for n in range(10_000):  # a new sender id every time, as 10,000 replacements would give
+            pool.relay.forward(100 + n, 5000 + n, {"topic": "t", "data": n}, pool.targets(), 65536, n * 0.5)
+            for _p, w in pool.ends.values():
+                _drain(w)
+        assert len(pool.relay.budgets) <= 2 and len(pool.relay.senders) <= 2 and not pool.relay.queues
+    finally:
+        pool.close()
