@@ -17,6 +17,11 @@ def ack_event(key):
         return ACKS.setdefault(key, threading.Event())
 
 
+def record(name, text):
+    with open(os.path.join(os.environ["WSGI_TEST_DIR"], name), "a") as fh:
+        fh.write(text + "\n")
+
+
 def summary(data):
     return {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
@@ -33,11 +38,11 @@ def files():
 
 @app.post("/hold")
 def hold():
+    record("flask-hold-started", "reading")
     try:
         request.get_data()
     except OSError as exc:
-        with open(os.path.join(os.environ["WSGI_TEST_DIR"], "flask-hold"), "a") as fh:
-            fh.write(f"{type(exc).__module__}.{type(exc).__name__}\n")
+        record("flask-hold", f"{type(exc).__module__}.{type(exc).__name__}")
         raise
     return {"ok": True}
 

@@ -65,6 +65,7 @@ def router(environ, start_response):
             return json_response(start_response, digest(part.file, "read"))
         return json_response(start_response, digest(environ["wsgi.input"], how))
     if path == "/hold":
+        record("hold-started", "reading")
         try:
             digest(environ["wsgi.input"], "read")
             record("hold", "complete")

@@ -136,7 +136,7 @@ def test_client_leaving_mid_body_raises_in_the_app(serve: Any, tmp_path: Path, a
         sock.sendall(b"POST /hold HTTP/1.1\r\nHost: t\r\n%s\r\n\r\n" % framing)
         part = DATA[: 2 * 1024 * 1024]  # past the bytes read before a thread is taken: the app is reading
         sock.sendall(b"%x\r\n%s\r\n" % (len(part), part) if chunked else part)
-        time.sleep(0.2)  # not asserted on: lets the app start reading before the client goes
+        wait_for_file(tmp_path / f"{record}-started")  # the app is reading when the client goes
     assert wait_for_file(tmp_path / record) == "corepool.engines.wsgi.ClientDisconnected\n"
     assert pool.ctl("status").returncode == 0
 
