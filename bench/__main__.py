@@ -1,4 +1,4 @@
-"""``python -m bench all|throughput|reload|crash|memory|startup|fairness|report [--quick]``.
+"""``python -m bench all|throughput|reload|crash|memory|startup|fairness|wsgi-threads|report [--quick]``.
 
 Runs itself in the bench's private venv (created on first use from /usr/bin/python3 with the pinned peers and
 corepool from this checkout), measures, and writes ``docs/benchmarks/README.md`` and PNG plots. ``--quick`` is the
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     ap.add_argument("case", choices=["all", "throughput", "reload", "crash", "memory", "startup", "fairness",
-                                     "report"])  # fmt: skip
+                                     "wsgi-threads", "report"])  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="CI smoke run: 1 repetition, tiny durations")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per case (default 3; --quick: 1)")
     ap.add_argument("--out", type=Path, default=None, help="where README.md and the plots go")

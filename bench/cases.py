@@ -354,6 +354,33 @@ def fairness(settings: Settings) -> dict[str, Any]:
     return data
 
 
+# ----------------------------------------------------------------------------------------------- WSGI threads
+
+THREAD_COUNTS = (10, 32, 64, 128)  # corepool --threads values tried besides its default
+
+
+def wsgi_threads(settings: Settings) -> dict[str, Any]:
+    """The I/O-bound WSGI case (``/wait``: 20 ms in ``time.sleep``, wrk -c64, 2 workers) for corepool with its
+    default WSGI threads and with several ``--threads``, against granian: how the default was chosen."""
+    core = "corepool-preload" if "corepool-preload" in servers.corepool_servers() else servers.corepool_servers()[0]
+    units: list[tuple[str, tuple[str, ...]]] = [("granian", ()), (core, ())]
+    units += [(core, ("--threads", str(n))) for n in THREAD_COUNTS]
+    runs: list[dict[str, Any]] = []
+    for rep in range(settings.reps):
+        for name, flags in order(units, rep):
+            label = name + (f" {' '.join(flags)}" if flags else " (default threads)" if name == core else "")
+            wd = _workdir(settings, "wsgi-threads", name, rep)
+            with servers.running(name, BASIC, "wsgi", CORES_WORKERS, wd, extra_args=flags) as s:
+                wrk.run(s.port, PATHS["wait"], duration=1)  # warm-up: every connection and thread
+                res = wrk.run(s.port, PATHS["wait"], duration=settings.duration)
+            runs.append({"rep": rep, "server": label, **_result_row(res)})
+            log(f"wsgi-threads rep {rep + 1} {label:36} {res.rps:8.0f} req/s p50 {res.p50_ms:6.2f} "
+                f"p99 {res.p99_ms:7.2f} ms failed {res.failed}")  # fmt: skip
+    data = {"workers": CORES_WORKERS, "connections": wrk.CONNECTIONS, "path": PATHS["wait"], "runs": runs}
+    save(settings, "wsgi-threads", data)
+    return data
+
+
 CASES: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "throughput": throughput,
     "reload": reload,
@@ -361,6 +388,7 @@ CASES: dict[str, Callable[[Settings], dict[str, Any]]] = {
     "memory": memory,
     "startup": startup,
     "fairness": fairness,
+    "wsgi-threads": wsgi_threads,
 }
 
 

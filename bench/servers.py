@@ -47,15 +47,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def argv(name: str, module: str, interface: str, port: int, workers: int, workdir: Path) -> list[str]:
-    """The command line that runs ``module`` (attribute ``app`` for ASGI, ``wsgi`` for WSGI) under ``name``."""
+def argv(name: str, module: str, interface: str, port: int, workers: int, workdir: Path,
+         extra_args: tuple[str, ...] = ()) -> list[str]:  # fmt: skip
+    """The command line that runs ``module`` (attribute ``app`` for ASGI, ``wsgi`` for WSGI) under ``name``
+    (``extra_args``: more corepool flags, such as ``--threads``)."""
     target = f"{module}:{'wsgi' if interface == 'wsgi' else 'app'}"
     bind = f"127.0.0.1:{port}"
     if name.startswith("corepool-"):
         mode = env.corepool_modes()[name.removeprefix("corepool-")]
         return [env.bin_path("corepool"), "serve", target, "--interface", interface, "--bind", bind,
                 "--workers", str(workers), "--control", str(workdir / "control.sock"), "--app-dir", str(env.REPO),
-                "--no-access-log", "--log-level", "warning", *mode]  # fmt: skip
+                "--no-access-log", "--log-level", "warning", *mode, *extra_args]  # fmt: skip
     if name.startswith("gunicorn-"):
         kind = name.removeprefix("gunicorn-")
         cmd = [env.bin_path("gunicorn"), "--bind", bind, "--workers", str(workers), "--chdir", str(env.REPO),
@@ -263,13 +265,13 @@ class Server:
 
 
 def launch(name: str, module: str, interface: str, workers: int, workdir: Path,
-           extra_env: dict[str, str] | None = None) -> Server:  # fmt: skip
+           extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Server:  # fmt: skip
     """Start ``name`` serving ``module`` on a free 127.0.0.1 port (not waiting for it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     mark_dir = workdir / "marks"
     mark_dir.mkdir(exist_ok=True)
     port = free_port()
-    cmd = argv(name, module, interface, port, workers, workdir)
+    cmd = argv(name, module, interface, port, workers, workdir, extra_args)
     run_env = {**os.environ, "PYTHONPATH": str(env.REPO), "BENCH_MARK_DIR": str(mark_dir),
                "PYTHONDONTWRITEBYTECODE": "0", **(extra_env or {})}  # fmt: skip
     run_env.pop("VIRTUAL_ENV", None)
@@ -283,9 +285,10 @@ def launch(name: str, module: str, interface: str, workers: int, workdir: Path,
 
 @contextlib.contextmanager
 def running(name: str, module: str, interface: str, workers: int, workdir: Path,
-            extra_env: dict[str, str] | None = None, ready_timeout: float = 60.0) -> Iterator[Server]:  # fmt: skip
+            extra_env: dict[str, str] | None = None, ready_timeout: float = 60.0,
+            extra_args: tuple[str, ...] = ()) -> Iterator[Server]:  # fmt: skip
     """A started server whose workers are all up and that answers 200; stopped on exit."""
-    server = launch(name, module, interface, workers, workdir, extra_env)
+    server = launch(name, module, interface, workers, workdir, extra_env, extra_args)
     try:
         server.wait_http(ready_timeout)
         server.wait_workers(ready_timeout)
