@@ -1,8 +1,9 @@
 """An ASGI app that floods and counts broadcasts, for tests/integration/test_broadcast.py.
 
 GET /                               → {"pid"}
-GET /flood?n=N&size=S&every=E&pause=P&start=I  → broadcast N messages {"i" from I, "pad": S bytes} on topic "flood", sleeping P s
-                                      after every E of them; answers {"pid", "sent", "accepted", "refused"}
+GET /flood?n=N&size=S&every=E&pause=P&start=I
+                                    → broadcast N messages {"i" from I, "pad": S bytes} on topic "flood", sleeping
+                                      P s after every E of them; answers {"pid", "sent", "accepted", "refused"}
 GET /big?size=S                     → one broadcast of S bytes of data on topic "big": {"pid", "ok", "encoded"}
 GET /received                       → {"pid", "flood": count, "flood_in_order": bool, "big": [sizes]}
 GET /hold?flag=PATH                 → blocks the event loop (time.sleep) until PATH exists (at most 60 s)
@@ -12,6 +13,7 @@ GET /rogue?seconds=S                → for S seconds, writes valid broadcasts s
 """
 
 import asyncio
+import itertools
 import json
 import os
 import time
@@ -64,7 +66,7 @@ async def app(scope, receive, send):
         encoded = len(channel.encode("broadcast", topic="big", data=data))
         await _answer(send, {"pid": pid, "ok": bus.broadcast("big", data), "encoded": encoded})
     elif path == "/received":
-        in_order = all(a < b for a, b in zip(_flood, _flood[1:]))
+        in_order = all(a < b for a, b in itertools.pairwise(_flood))
         await _answer(send, {"pid": pid, "flood": len(_flood), "flood_in_order": in_order, "big": _big})
     elif path == "/hold":
         deadline = time.monotonic() + 60
