@@ -6,6 +6,7 @@ import asyncio
 import http.client
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -405,3 +406,22 @@ def test_reload_flag_rolls_the_pool_when_the_app_changes(pool_factory: Any, tmp_
         time.sleep(1)
     pool.wait_for(lambda s: s["workers_ready"] == 1 and s["phase"] == "running", 60)
     assert get_json(pool.port)["generation"] >= 2
+
+
+def test_access_line_atoms() -> None:
+    from corepool.engines.front import access_line
+
+    scope = {"type": "http", "method": "POST", "path": "/a b", "query_string": b"x=1", "http_version": "1.1",
+             "client": ("10.0.0.1", 5), "headers": [(b"referer", b"http://r/"), (b"user-agent", b"ua/1"),
+                                                     (b"x-id", b"7")]}
+    os.environ["COREPOOL_TEST_ATOM"] = "env"
+    try:
+        line = access_line("%(h)s %(l)s %(u)s %(r)s %(m)s %(U)s %(q)s %(H)s %(s)s %(B)s %(b)s %(f)s %(a)s "
+                           "%(T)s %(D)s %(M)s %(L)s %({x-id}i)s %({Content-Type}o)s %({COREPOOL_TEST_ATOM}e)s "
+                           "%(nope)s %(t)s", scope, 201, [(b"content-type", b"text/plain")], 0, 1.5, now=0.0)
+    finally:
+        del os.environ["COREPOOL_TEST_ATOM"]
+    assert line.startswith('10.0.0.1 - - POST /a b?x=1 HTTP/1.1 POST /a b x=1 HTTP/1.1 201 0 - http://r/ ua/1 '
+                           '1 1500000 1500 1.500000 7 text/plain env - [')
+    assert access_line("%(s)s %(b)s", scope, 0, [], 12, 0.0) == "- 12"  # no answer (the client left)
+    assert "bad access_log_format" in access_line("%(h)d", scope, 200, [], 0, 0.0)

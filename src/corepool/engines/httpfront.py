@@ -61,6 +61,7 @@ class FrontLineProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self.draining = False
         self.in_head = True  # reading a request head (or waiting for one)
+        self.head_started = False  # some of a request head has arrived
         self.head_bytes = 0
         self.body_bytes = 0
         self.reading_body = False
@@ -122,13 +123,14 @@ class FrontLineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.head_started = True
         if not self.in_head:
             self.in_head, self.head_bytes = True, 0
         if self.head_timer is None:
             self._arm_head_timer()
 
     def on_headers_complete(self) -> None:
-        self.in_head = False
+        self.in_head = self.head_started = False
         self._cancel_head_timer()
         self._check_head()
         self.body_bytes = 0
@@ -264,7 +266,7 @@ class FrontLineProtocol(HttpToolsProtocol):
             return
         self.draining = True
         if self.cycle is None or self.cycle.response_complete:
-            if self.in_head and self.head_bytes:
+            if self.head_started:
                 return  # a request is arriving: answered with Connection: close (on_headers_complete)
             # Idle: it may still carry one request (answered with Connection: close) for keepalive_timeout from
             # now, then it is closed, so a drain never waits graceful_timeout for an idle connection.
