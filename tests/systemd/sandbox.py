@@ -10,6 +10,11 @@ The host's PID 1 need not be systemd. Confinement, all of which matters:
 * ``SYSTEMD_UNIT_PATH`` holds only the test's units plus empty stub targets, never /lib/systemd/system;
 * the network namespace is the host's: use free 127.0.0.1 ports (see ``tests.support.free_port``).
 
+With ``root=DIR`` it boots the systemd of another root filesystem instead (a Debian 13 root made by
+mmdebstrap, say, for systemd 257): the boot script mounts /proc, /sys, cgroup2, /dev and the tmpfs dirs inside
+DIR, pivots into it and execs DIR's own systemd; ``run()`` executes inside DIR; the units and files live in
+DIR/var/lib/corepool-sandbox/<name> (``write_file`` returns the path as seen inside).
+
 Files of the sandbox (its state dir with the units, the test venv) live under /var/lib/corepool-tests, which
 no tmpfs covers. ``stop()`` SIGKILLs the namespace's systemd (the death of a PID namespace's init kills all
 inside it), waits for the cgroup to empty, removes the cgroup tree and the state dir.
@@ -83,24 +88,26 @@ def _cgroup2_root() -> Path | None:
     return None
 
 
-def sandbox_available() -> str | None:
-    """None if a sandbox can be booted here, else the reason why not."""
+def sandbox_available(root: Path | None = None) -> str | None:
+    """None if a sandbox can be booted here (of the root filesystem ``root``), else the reason why not."""
     if os.geteuid() != 0:
         return "needs root"
-    for tool in ("unshare", "nsenter", "mount", "systemctl", "journalctl"):
+    for tool in ("unshare", "nsenter", "mount", *(() if root else ("systemctl", "journalctl"))):
         if shutil.which(tool) is None:
             return f"no {tool} on PATH"
-    if not os.access(SYSTEMD, os.X_OK):
-        return f"no {SYSTEMD}"
+    systemd = SYSTEMD if root is None else root / "usr/lib/systemd/systemd"
+    if not os.access(systemd, os.X_OK):
+        return f"no {systemd}"
     if _cgroup2_root() is None:
         return "no cgroup2 hierarchy mounted at /sys/fs/cgroup/unified or /sys/fs/cgroup"
     return None
 
 
-def _journald_unit(name: str) -> str:
+def _journald_unit(name: str, root: Path | None = None) -> str:
     """Debian's journald unit, adjusted to run in the sandbox without touching the host's /dev."""
     out: list[str] = []
-    for line in (SYSTEM_UNIT_DIR / name).read_text().splitlines():
+    unit_dir = SYSTEM_UNIT_DIR if root is None else root / "usr/lib/systemd/system"
+    for line in (unit_dir / name).read_text().splitlines():
         key = line.split("=", 1)[0].strip()
         if key == "Symlinks":  # /dev is the host's devtmpfs: no /dev/log symlink there
             continue
@@ -117,9 +124,10 @@ class Sandbox:
     pid: int
     state_dir: Path
 
-    def __init__(self, units: dict[str, str] | Path, *, journald: bool = True) -> None:
+    def __init__(self, units: dict[str, str] | Path, *, journald: bool = True, root: Path | None = None) -> None:
         self._units = units
         self.journald = journald
+        self.root = root.resolve() if root is not None else None
         self.pid = 0
         self.state_dir = Path()
         self.cgroup = Path()
@@ -130,13 +138,23 @@ class Sandbox:
     # -- lifecycle ---------------------------------------------------------------------------------------
 
     @property
+    def inner_dir(self) -> Path:
+        """The sandbox's own directory (units, files) as seen inside it."""
+        return self.state_dir if self.root is None else Path("/var/lib/corepool-sandbox") / self.state_dir.name
+
+    def outside(self, inner: Path) -> Path:
+        """The host's path of a path inside the sandbox."""
+        return inner if self.root is None else self.root / inner.relative_to("/")
+
+    @property
     def unit_dir(self) -> Path:
-        return self.state_dir / "units"
+        """The unit directory, host's path."""
+        return self.outside(self.inner_dir / "units")
 
     def start(self, timeout: float = 30) -> None:
         if self._proc is not None:
             raise SandboxError("sandbox already started")
-        reason = sandbox_available()
+        reason = sandbox_available(self.root)
         if reason is not None:
             raise SandboxError(f"sandbox not available: {reason}")
         BASE_DIR.mkdir(parents=True, exist_ok=True)
@@ -161,9 +179,10 @@ class Sandbox:
             self.cgroup.mkdir()
             (self.state_dir / "cgroup").write_text(f"{self.cgroup}\n")
             # The shell moves itself into the fresh cgroup, then unshare's cgroup namespace is rooted there.
+            mount_proc = "--mount-proc" if self.root is None else ""  # with a root, the boot script mounts it
             launch = (
                 f"echo $$ > {shlex.quote(str(self.cgroup / 'cgroup.procs'))} && exec unshare --cgroup --pid"
-                f" --fork --mount --mount-proc --uts --ipc --propagation private {shlex.quote(str(boot))}"
+                f" --fork --mount {mount_proc} --uts --ipc --propagation private {shlex.quote(str(boot))}"
             )
             with open(self.state_dir / "console.log", "wb") as console:
                 self._proc = subprocess.Popen(
@@ -180,7 +199,9 @@ class Sandbox:
 
     def _prepare_units(self) -> None:
         units = self.unit_dir
-        units.mkdir()
+        units.mkdir(parents=True)
+        if self.root is not None:
+            self.outside(self.inner_dir).chmod(0o755)
         if isinstance(self._units, Path):
             shutil.copytree(self._units, units, dirs_exist_ok=True, symlinks=True)
         else:
@@ -193,7 +214,7 @@ class Sandbox:
         if self.journald:
             for name in JOURNALD_UNITS:
                 if not (units / name).exists():
-                    (units / name).write_text(_journald_unit(name))
+                    (units / name).write_text(_journald_unit(name, self.root))
             # Debian enables these through static .wants symlinks, which are not on our unit path.
             for wants, name in (
                 ("sockets.target.wants", "systemd-journald.socket"),
@@ -203,11 +224,13 @@ class Sandbox:
                 (units / wants).mkdir(exist_ok=True)
                 link = units / wants / name
                 if not link.exists():
-                    link.symlink_to(units / name)
+                    link.symlink_to(Path("..") / name)
 
     def _boot_script(self, console_tty: str) -> str:
         # without journald, PID1's log and the units' output go to the console, i.e. pid1-console.log
         pid1_args = "--log-target=journal" if self.journald else "--log-target=console --default-standard-output=tty"
+        if self.root is not None:
+            return self._boot_script_root(console_tty, pid1_args)
         mounts = "\n".join(f"mount -t tmpfs -o mode=1777 tmpfs {d}" for d in TMPFS_DIRS)
         return f"""#!/bin/sh
 # Runs as PID 1 of the new namespaces, then becomes systemd. Written by tests/systemd/sandbox.py.
@@ -224,6 +247,35 @@ printf '[Journal]\nStorage=volatile\nReadKMsg=no\nRateLimitIntervalSec=0\n' \
   > /run/systemd/journald.conf.d/sandbox.conf
 export container=corepool-sandbox SYSTEMD_COLORS=0 SYSTEMD_UNIT_PATH={shlex.quote(str(self.unit_dir))}
 exec {SYSTEMD} --system --unit=default.target {pid1_args}
+"""
+
+    def _boot_script_root(self, console_tty: str, pid1_args: str) -> str:
+        assert self.root is not None
+        r = shlex.quote(str(self.root))
+        mounts = "\n".join(f"mount -t tmpfs -o mode=1777 tmpfs {r}{d}" for d in TMPFS_DIRS)
+        inner_units = shlex.quote(str(self.inner_dir / "units"))
+        return f"""#!/bin/sh
+# Runs as PID 1 of the new namespaces, pivots into {r} and becomes its systemd. Written by tests/systemd/sandbox.py.
+set -e
+mount --bind {r} {r}
+mount -t proc proc {r}/proc
+mount -t sysfs sysfs {r}/sys
+mount -t cgroup2 cgroup2 {r}/sys/fs/cgroup
+mount --rbind /dev {r}/dev
+{mounts}
+chmod 0755 {r}/run {r}/var/log
+# /dev/console is the host's: give systemd a pty of ours instead (copied to pid1-console.log)
+mount --bind {shlex.quote(console_tty)} {r}/dev/console
+mkdir -p {r}/run/systemd/journald.conf.d
+printf '[Journal]\\nStorage=volatile\\nReadKMsg=no\\nRateLimitIntervalSec=0\\n' \\
+  > {r}/run/systemd/journald.conf.d/sandbox.conf
+cd {r}
+mkdir -p .oldroot
+pivot_root . .oldroot
+umount -l /.oldroot
+rmdir /.oldroot
+export container=corepool-sandbox SYSTEMD_COLORS=0 SYSTEMD_UNIT_PATH={inner_units}
+exec /usr/lib/systemd/systemd --system --unit=default.target {pid1_args}
 """
 
     def _wait_booted(self, timeout: float) -> None:
@@ -307,6 +359,8 @@ exec {SYSTEMD} --system --unit=default.target {pid1_args}
                 self._console_pump.join(timeout=5)
             os.close(master)
             self._console_fds = self._console_pump = None
+        if self.root is not None and self.state_dir != Path():
+            shutil.rmtree(self.outside(self.inner_dir), ignore_errors=True)
         if self.state_dir != Path() and self.state_dir.is_dir():
             shutil.rmtree(self.state_dir)
         self.pid = 0
@@ -326,8 +380,9 @@ exec {SYSTEMD} --system --unit=default.target {pid1_args}
     def _nsenter(
         self, argv: list[str], *, check: bool, timeout: float, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
+        flags = NSENTER_FLAGS if self.root is None else (*NSENTER_FLAGS, "-r", "-w")
         return subprocess.run(
-            ["nsenter", "-t", str(self.pid), *NSENTER_FLAGS, *argv],
+            ["nsenter", "-t", str(self.pid), *flags, *argv],
             check=check,
             timeout=timeout,
             input=input,
@@ -360,16 +415,19 @@ exec {SYSTEMD} --system --unit=default.target {pid1_args}
         self.daemon_reload()
 
     def write_file(self, relpath: str, text: str, mode: int = 0o644) -> Path:
-        """Write a file (an app, a config) under the state dir; its path is the same inside the sandbox."""
-        path = self.state_dir / "files" / relpath
+        """Write a file (an app, a config) under the sandbox's dir; returns its path inside the sandbox (the same
+        as outside unless it boots another root: see :meth:`outside`)."""
+        inner = self.inner_dir / "files" / relpath
+        path = self.outside(inner)
+        top = self.outside(self.inner_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         for d in [path.parent, *path.parent.parents]:
-            if d == self.state_dir:
+            if d == top:
                 break
             d.chmod(0o755)
         path.write_text(text)
         path.chmod(mode)
-        return path
+        return inner
 
     def daemon_reload(self) -> None:
         self.systemctl("daemon-reload")
