@@ -144,6 +144,34 @@ def test_behind_nginx_on_tcp_the_app_sees_the_client_and_https(pool_factory: Any
     assert status == 200 and (seen["client"], seen["scheme"]) == ("127.0.0.1", "https")
 
 
+def test_a_websocket_through_nginx_sees_wss_and_is_closed_with_1001_on_stop(
+        pool_factory: Any, nginx: Any, tmp_path: Path) -> None:
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosedOK
+
+    sock = tmp_path / "ws.sock"
+    pool = pool_factory(APPS["asgi"], "--bind", f"unix:{sock}", workers=1).start()
+    proxy = nginx(f"unix:{sock}")
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+
+    async def run() -> tuple[dict[str, Any], int | None]:
+        async with connect(f"wss://127.0.0.1:{proxy.https_port}/ws", ssl=context) as ws:
+            hello = json.loads(await ws.recv())
+            pool.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(ws.recv(), 30)
+            except ConnectionClosedOK as exc:
+                return hello, exc.rcvd.code if exc.rcvd else None
+        return hello, None
+
+    hello, code = asyncio.run(run())
+    assert (hello["client"], hello["scheme"]) == ("127.0.0.1", "wss")
+    assert code == 1001  # nginx passes the close frame through
+    assert pool.wait_exit(timeout=30) == 0
+
+
 def test_forwarded_headers_from_an_untrusted_peer_are_ignored(pool_factory: Any, app: str) -> None:
     pool = pool_factory(app, "--forwarded-allow-ips", "10.1.2.3", workers=1).start()
     conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
