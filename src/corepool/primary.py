@@ -49,6 +49,8 @@ from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
 
 _PR_SET_CHILD_SUBREAPER = 36
+EXIT_USAGE = 2  # as the CLI's: a setting that cannot work here
+MESSAGES_PER_WAKEUP = 64  # per channel and turn of the loop
 STATUS_WAIT = 0.25  # how long `corepool status` waits for fresh pongs before answering with what it has
 REMOTE_SENDER = 0  # the relay's sender id for broadcasts from other hosts (workers' ids start at 1)
 
@@ -184,9 +186,14 @@ class Primary:
         self.broadcast.open(self.selector, self._remote_broadcast, self._broadcast_news)
         self._install_signals()
         if self.settings.reload:
-            from corepool import devreload  # type: ignore[attr-defined,unused-ignore]  # development only
+            from corepool import devreload  # development only
 
-            devreload.start(self.settings)
+            try:
+                devreload.start(self.settings)
+            except devreload.DevReloadUnavailable as exc:
+                log.event("start", f"--reload: {exc}", warning=True)
+                self._cleanup()
+                return EXIT_USAGE
         where = ", ".join(listener.address for listener in self.listeners)
         log.event(
             "start",
@@ -586,11 +593,12 @@ class Primary:
             self.events.append(events.WorkerExited(wid, "gone before its pid was known", False, now))
 
     def _receive(self, sock: socket.socket, sender: str) -> tuple[list[dict[str, Any]], list[str], bool]:
-        """Every message waiting on a channel, what was wrong with malformed ones (logged and dropped), and
-        whether the peer closed its end (then the channel is unregistered)."""
+        """The messages waiting on a channel (at most :data:`MESSAGES_PER_WAKEUP`, so that one flooding worker
+        cannot starve the others: the selector reports the rest on the next turn), what was wrong with malformed
+        ones (logged and dropped), and whether the peer closed its end (then the channel is unregistered)."""
         messages: list[dict[str, Any]] = []
         errors: list[str] = []
-        while True:
+        while len(messages) + len(errors) < MESSAGES_PER_WAKEUP:
             try:
                 raw = sock.recv(channel.recv_size())
             except (BlockingIOError, InterruptedError):
@@ -607,6 +615,7 @@ class Primary:
             except channel.ChannelError as exc:
                 log.event("channel", f"dropped a message from {sender}: {exc}", warning=True)
                 errors.append(str(exc))
+        return messages, errors, False
 
     def _boot_error(self, message: dict[str, Any], **fields: Any) -> str:
         """Log a boot error's traceback once (every worker of a broken app sends the same one)."""

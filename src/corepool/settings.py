@@ -7,6 +7,7 @@ README's table all come from that declaration.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -67,7 +68,8 @@ FIELDS: tuple[Field, ...] = (
     Field("backoff_max", float, "longest wait before retrying a slot whose workers keep failing",
           minimum=0.1),
     Field("keepalive_timeout", float, "seconds an idle keep-alive connection stays open", minimum=0.0),
-    Field("max_message_bytes", int, "largest broadcast payload, in bytes", minimum=16),
+    Field("max_message_bytes", int, "largest broadcast, encoded (topic + payload + ~30 bytes), in bytes",
+          minimum=16),
     Field("backlog", int, "listen backlog of the sockets corepool binds", minimum=1),
     Field("access_log", bool, "log every request (costs throughput)"),
     Field("access_log_format", str, "access log line, in gunicorn's atoms: %%(h)s %%(r)s %%(s)s %%(b)s %%(M)s ..."),
@@ -303,7 +305,10 @@ def _to_int(value: Any) -> int:
 def _to_float(value: Any) -> float:
     if isinstance(value, bool):
         raise TypeError
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):  # nan compares false with any minimum; inf makes no sense as seconds or bytes
+        raise ValueError
+    return number
 
 
 def _to_bool(value: Any) -> bool:
