@@ -370,3 +370,11 @@ def test_wsgiref_validator_passes(kind: str) -> None:
     parts = [b"hello\n", b"wor", b"ld\nagain"]
     headers = [(b"content-type", b"text/plain"), (b"transfer-encoding", b"chunked")]
     assert body(Exchange(wsgiref.validate.validator(app), parts, scope_of(headers=headers)).run()) == b"".join(parts)
+
+
+def test_environ_without_raw_path_and_with_many_header_names() -> None:
+    scope = {**scope_of("/100%/\xe9"), "raw_path": None}
+    assert build_environ(scope, None)["PATH_INFO"] == "/100%/\xc3\xa9"  # UTF-8 bytes as latin-1, decoded once
+    names = [(f"x-h{i}".encode(), str(i).encode()) for i in range(2000)]  # more names than are cached
+    environ = build_environ(scope_of(headers=names), None)
+    assert all(environ[f"HTTP_X_H{i}"] == str(i) for i in range(2000))

@@ -53,11 +53,32 @@ class ClientDisconnected(OSError):
 # ------------------------------------------------------------------------------------------------ the environ
 
 
+_KEYS: dict[bytes, str | None] = {}  # header name -> environ key (None: dropped); names repeat, so cached
+_KEYS_MAX = 512
+
+
+def environ_key(name: bytes) -> str | None:
+    """The environ key of a request header (lower-case, as servers give them), None for one to drop."""
+    key = _KEYS.get(name, "")
+    if key != "":
+        return key
+    if b"_" in name:
+        key = None  # gunicorn and nginx drop these: X_User would pass for X-User
+    else:
+        key = name.decode("latin-1").upper().replace("-", "_")
+        if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
+            key = "HTTP_" + key
+    if len(_KEYS) < _KEYS_MAX:  # bounded: a client can send any names it likes
+        _KEYS[name] = key
+    return key
+
+
 def build_environ(scope: dict[str, Any], wsgi_input: Any) -> dict[str, Any]:
     """The PEP 3333 environ of an ASGI http scope (``wsgi.input`` is ``wsgi_input``)."""
     root_path = scope.get("root_path", "")
-    raw_path = scope.get("raw_path")
-    path = unquote_to_bytes(raw_path) if raw_path else scope["path"].encode("utf-8")
+    # PEP 3333: the raw path's bytes, percent-decoded (ASGI's optional raw_path; "path" is decoded already).
+    raw = scope.get("raw_path")
+    path = scope["path"].encode("utf-8") if raw is None else unquote_to_bytes(raw) if b"%" in raw else raw
     script = root_path.encode("utf-8")
     if script and path.startswith(script):
         path = path[len(script) :]
@@ -82,11 +103,9 @@ def build_environ(scope: dict[str, Any], wsgi_input: Any) -> dict[str, Any]:
     if client:
         environ["REMOTE_ADDR"], environ["REMOTE_PORT"] = client[0], str(client[1])
     for name, value in scope.get("headers", ()):
-        if b"_" in name:
-            continue  # gunicorn and nginx drop these: X_User would pass for X-User
-        key = name.decode("latin-1").upper().replace("-", "_")
-        if key != "CONTENT_TYPE" and key != "CONTENT_LENGTH":
-            key = "HTTP_" + key
+        key = environ_key(name)
+        if key is None:
+            continue
         text = value.decode("latin-1")
         if key in environ:
             text = environ[key] + ("; " if key == "HTTP_COOKIE" else ", ") + text
@@ -356,15 +375,19 @@ class AppThreads:
         self.size = size
         self.started = 0
         self.queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self.idle = threading.Semaphore(0)  # released by each thread that waits for work
+        # One token per thread waiting for work. deque's append and pop are atomic, and cheaper than a Semaphore.
+        self.idle: collections.deque[None] = collections.deque()
 
     def run(self, loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Run ``fn(*args)`` on a thread; its result or exception in the returned future."""
         future = loop.create_future()
         self.queue.put((loop, future, fn, args))
-        if not self.idle.acquire(blocking=False) and self.started < self.size:
-            self.started += 1
-            threading.Thread(target=self._work, name=f"wsgi-{self.started}", daemon=True).start()
+        try:
+            self.idle.pop()  # a waiting thread will take it
+        except IndexError:
+            if self.started < self.size:
+                self.started += 1
+                threading.Thread(target=self._work, name=f"wsgi-{self.started}", daemon=True).start()
         return future
 
     def _work(self) -> None:
@@ -379,7 +402,7 @@ class AppThreads:
             except RuntimeError:  # the loop is closed: the worker is exiting
                 return
             del future, result, error, args  # hold nothing from a finished request while idle
-            self.idle.release()
+            self.idle.append(None)
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
