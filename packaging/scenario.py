@@ -264,9 +264,10 @@ def unit_tests_in_root(sb: Sandbox, report: Report, log: Path) -> None:
     dest = sb.outside(Path("/opt/corepool-tests"))
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
-    shutil.copy2(ROOT / "pyproject.toml", dest / "pyproject.toml")
+    for name in ("pyproject.toml", "README.md"):  # pytest's settings; the settings test reads the README
+        shutil.copy2(ROOT / name, dest / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for tree in ("tests", "bench"):
+    for tree in ("tests", "bench", "docs"):
         shutil.copytree(ROOT / tree, dest / tree, ignore=ignore)
     py = sb.run("python3", "--version").stdout.strip()
     t0 = time.monotonic()

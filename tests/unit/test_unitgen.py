@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from corepool import unitgen
@@ -7,7 +9,8 @@ from corepool import unitgen
 
 def test_renders_a_socket_and_service_for_an_app() -> None:
     req = unitgen.UnitRequest(app="shop.web:app", name="shop", listen=("127.0.0.1:9000", "[::1]:9000"),
-                              app_dir="/srv/shop", user="shop", executable=("/opt/corepool/bin/corepool",))
+                              app_dir="/srv/shop", user="shop", executable=("/opt/corepool/bin/corepool",),
+                              systemd_version=252)
     files = unitgen.render(req)
     assert set(files) == {"shop.socket", "shop.service"}
     sock, service = files["shop.socket"], files["shop.service"]
@@ -31,3 +34,27 @@ def test_bad_name_is_refused() -> None:
 def test_warns_about_apps_under_home() -> None:
     req = unitgen.UnitRequest(app="a:app", name="a", app_dir="/home/me/app")
     assert any("ProtectHome" in w for w in unitgen.warnings_for(req))
+
+
+def test_systemd_253_and_later_get_notify_reload_without_exec_reload() -> None:
+    req = unitgen.UnitRequest(app="shop.web:app", name="shop", executable=("/opt/corepool/bin/corepool",),
+                              systemd_version=257)
+    settings = [line for line in unitgen.render(req)["shop.service"].splitlines() if not line.startswith("#")]
+    assert "Type=notify-reload" in settings and "ReloadSignal=SIGUSR2" in settings
+    assert "Type=notify" not in settings and not any(line.startswith("ExecReload=") for line in settings)
+    assert "NotifyAccess=main" in settings  # everything else is the 252 unit's
+
+
+def test_for_systemd_keeps_252_units_and_is_idempotent() -> None:
+    text = (unitgen.template_dir() / "corepool@.service").read_text()
+    assert unitgen.for_systemd(text, 252) == text and unitgen.for_systemd(text, None) == text
+    native = unitgen.for_systemd(text, 253)
+    assert native != text and unitgen.for_systemd(native, 257) == native
+
+
+def test_write_units_adapts_only_the_service(tmp_path: Path) -> None:
+    written = unitgen.write_units(unitgen.template_dir(), tmp_path, 257)
+    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    assert {"corepool@.service", "corepool@.socket", "corepool@demo.socket.d/listen.conf"} <= names
+    assert (tmp_path / "corepool@.socket").read_text() == (unitgen.template_dir() / "corepool@.socket").read_text()
+    assert "Type=notify-reload" in (tmp_path / "corepool@.service").read_text()
