@@ -176,6 +176,17 @@ def wait_settled(control_path: str, timeout: float = 20.0) -> dict[str, Any]:
     raise AssertionError(f"the pool did not settle within {timeout} s: {describe(last)}")
 
 
+def deaths(s: dict[str, Any]) -> dict[str, int]:
+    """The pool's worker deaths by cause, summed over its slots (issue 8 item 1: counted per slot in status)."""
+    total: dict[str, int] = {}
+    for x in s["slots"]:
+        assert "deaths" in x, f"status has no per-slot death counts: {x}"
+        for cause, n in x["deaths"].items():
+            if n:
+                total[cause] = total.get(cause, 0) + n
+    return total
+
+
 def describe(s: dict[str, Any]) -> str:
     """The pool's state for a summary line: ready/wanted, backoff, and every per-slot count the status carries."""
     if not s:

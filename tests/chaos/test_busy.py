@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from tests.chaos.harness import Clients, describe, forks, status, summary, wait_settled
+from tests.chaos.harness import Clients, deaths, describe, forks, status, summary, wait_settled
 
 
 def test_slow_wsgi_requests_are_busy_not_dead(pool_factory: Any) -> None:
@@ -28,6 +28,7 @@ def test_slow_wsgi_requests_are_busy_not_dead(pool_factory: Any) -> None:
     assert tally.failed == 0 and tally.dropped == 0, tally.errors
     assert pool.pids() == {worker}
     assert forks(pool.log()) == 1
+    assert deaths(after) == {}
     assert "no pong" not in pool.log()
 
 
@@ -35,7 +36,7 @@ def test_request_timeout_retires_surge_first(pool_factory: Any) -> None:
     """A request past request_timeout: its worker is retired through the surge-first path (a replacement is ready
     before it stops accepting), requests in flight on it finish within graceful_timeout, then SIGKILL; the log
     names the request's method and path."""
-    pool = pool_factory("chaos_asgi:app", "--request-timeout", "2", "--graceful-timeout", "4",
+    pool = pool_factory("chaos_asgi:app", "--request-timeout", "3", "--graceful-timeout", "4",
                         "--health-interval", "0.3", workers=2).start()
     before = pool.pids()
     lowest_ready = [2]
@@ -53,9 +54,10 @@ def test_request_timeout_retires_surge_first(pool_factory: Any) -> None:
         watcher.start()
         runaway = Clients(pool.port, path="/slow?s=60", keepalive=0, fresh=1, count=1, timeout=30).start()
         time.sleep(1.5)
-        # Slow-but-fine requests on both workers, in flight when the runaway's worker starts draining.
-        finishing = Clients(pool.port, path="/slow?s=2.5", keepalive=0, fresh=6, count=1, timeout=30).start()
-        pool.wait_for(lambda s: not before & {w["pid"] for w in s["workers"]}
+        # Slow-but-fine requests (2 s, within request_timeout) on both workers, in flight when the runaway's
+        # worker starts draining at 3 s.
+        finishing = Clients(pool.port, path="/slow?s=2", keepalive=0, fresh=12, count=1, timeout=30).start()
+        pool.wait_for(lambda s: len(before - {w["pid"] for w in s["workers"]}) == 1
                       and s["workers_ready"] == 2, 20, what="the runaway's worker to be retired")
         tally_runaway = runaway.join(20)
         tally_finishing = finishing.join(20)
@@ -65,14 +67,17 @@ def test_request_timeout_retires_surge_first(pool_factory: Any) -> None:
     tally = load.stop()
     after = wait_settled(pool.control)
     log = pool.log()
-    summary("request_timeout 2 s (graceful 4 s)", time.monotonic() - started, runaway=tally_runaway.line(),
+    summary("request_timeout 3 s (graceful 4 s)", time.monotonic() - started, runaway=tally_runaway.line(),
             in_flight=tally_finishing.line(), ordinary=tally.line(), lowest_ready=lowest_ready[0],
             forks=forks(log), after=describe(after))
     assert re.search(r"GET /slow", log), "the log does not name the runaway request"
     assert tally_runaway.dropped == 1 and tally_runaway.statuses == {}, tally_runaway.errors
-    assert tally_finishing.ok == 6, tally_finishing.errors
+    assert tally_finishing.ok == 12, tally_finishing.errors
+    (retired,) = before - {w["pid"] for w in after["workers"]}
+    assert retired in tally_finishing.pids, "no request was in flight on the retiring worker: the case proved nothing"
     assert tally.failed == 0 and tally.dropped == 0, tally.errors
     assert lowest_ready[0] >= 2, "capacity dropped: the replacement was not ready before the old worker stopped"
+    assert deaths(after) == {"request_timeout": 1}
 
 
 def test_leak_until_max_rss_recycles(pool_factory: Any) -> None:
@@ -94,7 +99,8 @@ def test_leak_until_max_rss_recycles(pool_factory: Any) -> None:
             forks=forks(pool.log()), after=describe(after))
     assert tally_leak.failed == 0 and tally_leak.dropped == 0, tally_leak.errors
     assert tally.failed == 0 and tally.dropped == 0, tally.errors
-    assert all(w["rss_bytes"] < 200 * 1048576 for w in after["workers"])
+    assert all(w["rss_bytes"] < 200 * 1048576 for w in after["workers"] if w["state"] == "ready")
+    assert set(deaths(after)) == {"recycle"}
 
 
 def test_max_requests_with_jitter_recycles_without_failures(pool_factory: Any) -> None:
@@ -116,6 +122,7 @@ def test_max_requests_with_jitter_recycles_without_failures(pool_factory: Any) -
     assert tally.failed == 0 and tally.dropped == 0, tally.errors
     assert len(retired) >= 4
     assert retired[0] >= 300, f"a worker retired after {retired[0]} requests, before max_requests"
+    assert set(deaths(after)) == {"recycle"}
 
 
 def test_max_lifetime_recycles_without_failures(pool_factory: Any) -> None:
@@ -130,4 +137,5 @@ def test_max_lifetime_recycles_without_failures(pool_factory: Any) -> None:
             forks=spawned, after=describe(after))
     assert tally.failed == 0 and tally.dropped == 0, tally.errors
     assert spawned >= 2 + 4  # two slots, each retired at least twice in 8 s
+    assert set(deaths(after)) == {"recycle"}
     assert all(w["uptime"] < 2 + 4 for w in status(pool.control)["workers"])

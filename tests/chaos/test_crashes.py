@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.chaos.conftest import FAST_HEALTH
-from tests.chaos.harness import Clients, describe, forks, status, summary, wait_settled
+from tests.chaos.harness import Clients, deaths, describe, forks, status, summary, wait_settled
 
 CLIENTS = 8
 LONGEST_ORDINARY_WAIT = 2.0  # issue 8 item 5: an emptied pool shows up as waits of several seconds
@@ -77,6 +77,7 @@ def test_kill_storm(pool_factory: Any, mode: str) -> None:
     summary(f"kill storm ({mode})", time.monotonic() - started, ordinary=tally.line(), kills=kills,
             ticks_without_a_ready_worker=empty_ticks, forks=forks(pool.log()), after=describe(after))
     assert empty_ticks <= 10, f"{empty_ticks} of 50 ticks found no ready worker to kill: the pool emptied"
+    assert deaths(after) == {"crash": kills}, "each kill of a ready worker is one death by crash, and nothing else"
     assert tally.failed == 0, tally.errors
     assert tally.dropped <= kills * CLIENTS
     assert tally.longest_wait < LONGEST_ORDINARY_WAIT
@@ -100,6 +101,7 @@ def test_request_of_death(pool_factory: Any, route: str) -> None:
             deadly=death.line(), forks=forks(pool.log()), after=describe(after))
     assert death.ok == 0 and death.failed == 0, death.errors  # each one died with its worker, none was refused
     assert death.dropped >= 25
+    assert deaths(after) == {"crash": death.dropped}, "each deadly request is one death by crash, and nothing else"
     assert tally.failed == 0, tally.errors
     assert tally.longest_wait < LONGEST_ORDINARY_WAIT
     assert tally.ok > 100
@@ -119,6 +121,7 @@ def test_sigstopped_worker_is_replaced(pool_factory: Any) -> None:
     after = wait_settled(pool.control)
     summary("SIGSTOP a worker", time.monotonic() - started, ordinary=tally.line(), after=describe(after))
     assert "no pong within health_timeout" in pool.log()
+    assert deaths(after) == {"health": 1}
     assert tally.failed == 0, tally.errors
     assert tally.ok > 100
 
@@ -140,5 +143,6 @@ def test_blocked_event_loop_is_replaced(pool_factory: Any) -> None:
             after=describe(after))
     assert "no pong within health_timeout" in pool.log()
     assert blocked.dropped == 1
+    assert deaths(after) == {"health": 1}
     assert tally.failed == 0, tally.errors
     assert tally.ok > 100
