@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", metavar="FILE", help="take name/control from this settings file")
         if name == "status":
             p.add_argument("--json", action="store_true", help="print the status as JSON")
+            p.add_argument("--watch", action="store_true",
+                           help="redraw the table every second (requests/s, p99, ...); plain frames when not a TTY")
         elif name == "drain":
             what = p.add_mutually_exclusive_group()
             what.add_argument("--stop", action="store_true", help="stop gracefully once drain_seconds are over")
@@ -230,6 +232,11 @@ def _control_path(args: argparse.Namespace) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
+    if args.watch:
+        from corepool import watch
+
+        path = _control_path(args)
+        return watch.run(lambda: _fetch_status(path))
     answer = control.request(_control_path(args), {"cmd": "status"})
     if not answer.get("ok"):
         return _fail(EXIT_FAILURE, str(answer.get("error")))
@@ -241,6 +248,13 @@ def _status(args: argparse.Namespace) -> int:
 
         print(format_text(status))
     return 0
+
+
+def _fetch_status(path: str) -> dict[str, Any]:
+    answer = control.request(path, {"cmd": "status"})
+    if not answer.get("ok"):
+        raise control.ControlError(str(answer.get("error")))
+    return dict(answer["status"])
 
 
 def _reload(args: argparse.Namespace) -> int:

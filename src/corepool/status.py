@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from corepool.policy import Policy
+from corepool.traffic import BUCKETS
 
 
 def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
@@ -28,6 +29,7 @@ def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
             "reason": last.reason,
             "ago": round(now - last.finished_at, 3),
         },
+        "latency_bounds": list(BUCKETS),  # the upper bounds of each worker's latency_buckets (+Inf last)
         "loaders": [
             {"generation": g, "pid": loader.pid, "ready": loader.ready, "stopping": loader.stopping}
             for g, loader in sorted(p.loaders.items())
@@ -46,6 +48,9 @@ def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
                 "threads": w.threads,
                 "rss_bytes": rss_bytes(w.pid),
                 "last_pong_ago": None if w.last_pong_at is None else round(now - w.last_pong_at, 3),
+                # Cumulative since the worker started, as of its last pong (for rates and p99: status --watch).
+                "errors_5xx": None if w.traffic is None else w.traffic.errors,
+                "latency_buckets": None if w.traffic is None else list(w.traffic.buckets),
             }
             for w in sorted(p.workers.values(), key=lambda w: (w.slot, w.wid))
         ],
@@ -119,7 +124,8 @@ def format_text(status: dict[str, Any]) -> str:
         f"corepool {status['name']!r} primary {status['pid']}: {status['phase']}, generation {status['generation']}, "
         f"{status['workers_ready']}/{status['workers_wanted']} workers ready, {status['requests']} requests"
         + (" (reloading)" if status["reloading"] else ""),
-        "listening on " + ", ".join(f"{x['address']} ({x['source']})" for x in status["listeners"]),
+        "listening on " + ", ".join(f"{x['address']} ({x['source']})" for x in status["listeners"])
+        + (f"; metrics on {status['metrics']}" if status.get("metrics") else ""),
     ]
     last = status.get("last_reload")
     if last:

@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -254,3 +255,31 @@ def test_a_systemd_socket_named_metrics_serves_metrics_and_never_reaches_a_worke
         proc.terminate()
         proc.wait(timeout=30)
         log.close()
+
+
+def test_status_watch_prints_plain_frames_when_not_a_tty(pool_factory: Any) -> None:
+    pool = pool_factory("canary_app:app").start()
+    send(pool.port, 20)
+    proc = subprocess.Popen([sys.executable, "-m", "corepool", "status", "--watch", "--control", pool.control],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    frames: list[list[str]] = [[]]
+    guard = threading.Timer(60, proc.kill)  # a watch that stops printing ends the read below, not the suite
+    guard.start()
+    try:
+        assert proc.stdout is not None
+        while len(frames) < 3:  # two complete frames (each ends with an empty line)
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            if line == "\n":
+                frames.append([])
+            else:
+                frames[-1].append(line.rstrip("\n"))
+    finally:
+        guard.cancel()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    for frame in frames[:2]:
+        assert "generation 1, 2/2 workers ready" in frame[0] and "\x1b" not in "".join(frame)
+        assert frame[1].split()[:8] == ["SLOT", "PID", "GEN", "STATE", "UPTIME", "REQ/S", "P99", "BUSY"]
+        assert sorted(int(row.split()[1]) for row in frame[2:]) == sorted(pool.pids())
+    assert "requests" in frames[1][0]
