@@ -4,7 +4,7 @@
   broadcast to every other worker of this pool. No dependency.
 * ``redis://HOST:PORT/DB`` (also ``rediss://`` and ``unix://PATH?db=N``): the primary also publishes each
   broadcast on the pub/sub channel ``broadcast_channel`` and relays what other hosts publish there to its own
-  workers (:mod:`corepool.broadcast_redis`, which imports redis-py — only then).
+  workers (:mod:`corepool.broadcast_redis`: a bridge process forked by the primary imports redis-py).
 
 A backend is driven by the primary: :meth:`Backend.publish` is called for every broadcast a worker sent
 (after the local relay), and the backend calls ``deliver(topic, data)`` on the primary's loop for each message
@@ -13,7 +13,9 @@ from another host. A backend never blocks the primary's loop.
 
 from __future__ import annotations
 
+import importlib.util
 import selectors
+import socket
 from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -22,6 +24,9 @@ from corepool.settings import SettingsError
 
 Deliver = Callable[[str, Any], None]  # (topic, data) from another host, called on the primary's loop
 Changed = Callable[[str, bool], None]  # (what happened, is it bad news) when the backend's link goes up or down
+# The primary's fork: runs the function in a child that closed the primary's private descriptors (and those in
+# the list), returns the child's pid.
+Fork = Callable[[Callable[[], int], list[socket.socket]], int]
 
 REDIS_SCHEMES = ("redis", "rediss", "unix")
 
@@ -31,11 +36,14 @@ class Backend(Protocol):
 
     name: str
 
-    def open(self, selector: selectors.BaseSelector, deliver: Deliver, changed: Changed) -> None:
+    def open(self, selector: selectors.BaseSelector, deliver: Deliver, changed: Changed, fork: Fork) -> None:
         """Start (connecting in the background); ``deliver`` and ``changed`` are called on the loop."""
 
     def publish(self, topic: str, data: Any) -> None:
         """Send one broadcast of this host's to the other hosts (never blocks; may drop, and counts it)."""
+
+    def exited(self, pid: int, description: str) -> bool:
+        """The primary reaped ``pid``: True when it was the backend's (a helper process)."""
 
     def status(self) -> dict[str, Any]:
         """The backend as data, for ``corepool status``."""
@@ -55,8 +63,11 @@ class LocalBackend:
 
     name = "local"
 
-    def open(self, selector: selectors.BaseSelector, deliver: Deliver, changed: Changed) -> None:
+    def open(self, selector: selectors.BaseSelector, deliver: Deliver, changed: Changed, fork: Fork) -> None:
         pass
+
+    def exited(self, pid: int, description: str) -> bool:
+        return False
 
     def publish(self, topic: str, data: Any) -> None:
         pass
@@ -93,11 +104,11 @@ def make(url: str, channel: str, max_message_bytes: int) -> Backend:
     check(url)
     if url == "local":
         return LocalBackend()
-    try:
-        from corepool.broadcast_redis import RedisBackend
-    except ImportError as exc:
+    if importlib.util.find_spec("redis") is None:  # imported by the bridge process only, never here
         raise SettingsError(f"broadcast {redact(url)!r} needs redis-py: pip install 'corepool[redis]' "
-                            f"(or apt install python3-redis) ({exc})") from None
+                            "(or apt install python3-redis)")
+    from corepool.broadcast_redis import RedisBackend
+
     return RedisBackend(url, channel, max_message_bytes)
 
 

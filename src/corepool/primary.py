@@ -183,7 +183,7 @@ class Primary:
             log.event("start", f"health_bind: {exc}", warning=True)
             self._cleanup()
             return policy.EXIT_FAILURE
-        self.broadcast.open(self.selector, self._remote_broadcast, self._broadcast_news)
+        self.broadcast.open(self.selector, self._remote_broadcast, self._broadcast_news, self._fork)
         self._install_signals()
         if self.settings.reload:
             from corepool import devreload  # development only
@@ -335,6 +335,8 @@ class Primary:
                 self.events.append(events.LoaderExited(generation, describe_status(status)[0], now))
             elif pid in self.pids:
                 self._worker_exited(pid, status, now)
+            elif self.broadcast.exited(pid, describe_status(status)[0]):
+                pass  # the broadcast backend's helper process (the backend replaces it)
             elif self.policy.preload:
                 # A worker forked by a loader can die before it or its loader named it. Bounded: the oldest go.
                 self.unclaimed_exits[pid] = status

@@ -31,9 +31,12 @@ def test_passwords_never_reach_status_or_logs() -> None:
     assert backends.redact("redis://h:6379/0") == "redis://h:6379/0"
 
 
-def test_the_local_default_imports_no_redis() -> None:
-    code = ("import sys; from corepool import backends, primary; b = backends.make('local', 'c', 65536); "
-            "assert b.name == 'local' and 'redis' not in sys.modules, sorted(m for m in sys.modules if 'redis' in m)")
+@pytest.mark.parametrize("url", ["local", "redis://127.0.0.1:6379/0"])
+def test_the_primary_never_imports_redis(url: str) -> None:
+    """The single-host default needs no redis-py; with redis://, only the bridge process imports it."""
+    pytest.importorskip("redis")
+    code = (f"import sys; from corepool import backends, primary; b = backends.make({url!r}, 'c', 65536); "
+            "assert 'redis' not in sys.modules, sorted(m for m in sys.modules if 'redis' in m)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
