@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from corepool.engines.wsgi import BUFFERED_BODY_LIMIT, ClientDisconnected, WSGIBridge, build_environ
+from corepool.engines.wsgi import BUFFERED_BODY_LIMIT, ClientDisconnected, WSGIBridge, adapt, build_environ
+from corepool.settings import HttpOptions
 
 App = Callable[[dict[str, Any], Any], Any]
 WAIT = 10.0  # a bound for waits that only a broken bridge would reach (never asserted on as a time)
@@ -378,3 +379,44 @@ def test_environ_without_raw_path_and_with_many_header_names() -> None:
     names = [(f"x-h{i}".encode(), str(i).encode()) for i in range(2000)]  # more names than are cached
     environ = build_environ(scope_of(headers=names), None)
     assert all(environ[f"HTTP_X_H{i}"] == str(i) for i in range(2000))
+
+
+def test_threads_option_bounds_the_app_calls_running_at_once() -> None:
+    running, peak, lock = [0], [0], threading.Lock()
+    release = threading.Event()
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        release.wait(WAIT)
+        with lock:
+            running[0] -= 1
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    bridge = adapt(app, HttpOptions(threads=3))
+    assert bridge.threads == 3
+
+    async def main() -> list[int]:
+        async def one() -> None:
+            queue = [{"type": "http.request", "body": b"", "more_body": False}]
+
+            async def receive() -> dict[str, Any]:
+                return queue.pop(0)
+
+            async def send(message: dict[str, Any]) -> None:
+                pass
+
+            await bridge(scope_of(method="GET"), receive, send)
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(8)]
+        while peak[0] < 3:  # bounded by WAIT through wait_for below
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)  # room for a fourth call to start, if the bound were broken
+        seen = [bridge.calls, bridge.busy, peak[0]]
+        release.set()
+        await asyncio.gather(*tasks)
+        return [*seen, bridge.busy]
+
+    assert asyncio.run(asyncio.wait_for(main(), WAIT)) == [8, 3, 3, 0]  # 8 calls in, 3 on a thread at most

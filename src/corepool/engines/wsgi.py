@@ -425,8 +425,13 @@ class WSGIBridge:
     def __init__(self, app: Any, threads: int = THREADS) -> None:
         self.app = app
         self.threads = threads
-        self.busy = 0  # app calls running on a thread now (only changed on the event loop)
+        self.calls = 0  # app calls handed to the threads and not finished (only changed on the event loop)
         self.pool = AppThreads(threads)
+
+    @property
+    def busy(self) -> int:
+        """App threads running a call now (calls beyond the thread count wait for one)."""
+        return min(self.calls, self.threads)
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":  # uvicorn runs WSGI routes with lifespan off and no websockets
@@ -458,7 +463,7 @@ class WSGIBridge:
             wsgi_input = io.BytesIO(first)
         environ["wsgi.input"] = wsgi_input
         context = contextvars.copy_context()
-        self.busy += 1
+        self.calls += 1
         try:
             kind, payload = await self.pool.run(loop, context.run, self._call, environ, exchange)
         except asyncio.CancelledError:
@@ -469,7 +474,7 @@ class WSGIBridge:
                 return  # the app let the disconnect through: not an app error
             raise
         finally:
-            self.busy -= 1
+            self.calls -= 1
             exchange.stop_watching()
         if kind == _WHOLE:
             await self._send_whole(send, cast(dict[str, Any], exchange.start), payload)
