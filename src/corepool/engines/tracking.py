@@ -43,7 +43,7 @@ class RequestTracker:
         self.websockets = 0
         self.inflight: dict[int, tuple[float, str]] = {}  # key -> (monotonic start, "METHOD /path")
         self.after_request: Callable[[], None] | None = None  # set while a max_requests limit is pending
-        self.counts: dict[tuple[str, str], int] = {}  # (method label, status class) -> finished requests
+        self.raw: dict[tuple[str, int | None], int] = {}  # (method, status) -> finished requests
         self.buckets = [0] * (len(traffic.BUCKETS) + 1)  # durations, one count per bucket (+Inf last)
         self.seconds = 0.0  # sum of durations
         self._keys = itertools.count()
@@ -65,12 +65,13 @@ class RequestTracker:
         label = f"{method} {scope.get('path', '')}"
         start = time.monotonic()
         self.inflight[key] = (start, label)
-        status: list[int] = []
+        status: list[int | None] = [None]  # once started; None: the app never answered (the server sent 500)
 
-        async def send_and_note_status(message: Any) -> None:
-            if message.get("type") == "http.response.start":
-                status.append(message.get("status", 0))
-            await send(message)
+        def send_and_note_status(message: Any) -> Any:
+            # A plain function returning send's awaitable: no extra coroutine per message.
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            return send(message)
 
         try:
             await self._run(scope, receive, send_and_note_status, label)
@@ -78,8 +79,9 @@ class RequestTracker:
             seconds = time.monotonic() - start
             del self.inflight[key]
             self.total += 1
-            counted = (traffic.method_label(method), traffic.status_class(status[0] if status else None))
-            self.counts[counted] = self.counts.get(counted, 0) + 1
+            # Raw (method, status) here; labels are computed when the counts are sent (pongs are rare).
+            counted = (method if method in traffic.METHODS else "other", status[0])  # bounded: no client-made keys
+            self.raw[counted] = self.raw.get(counted, 0) + 1
             self.buckets[bisect.bisect_left(traffic.BUCKETS, seconds)] += 1
             self.seconds += seconds
             if self.after_request is not None:
@@ -97,7 +99,11 @@ class RequestTracker:
 
     def counted(self) -> traffic.Traffic:
         """The counts so far (cumulative since the worker started)."""
-        return traffic.Traffic(dict(self.counts), tuple(self.buckets), self.seconds)
+        counts: dict[tuple[str, str], int] = {}
+        for (method, status), n in list(self.raw.items()):
+            key = (traffic.method_label(method), traffic.status_class(status))
+            counts[key] = counts.get(key, 0) + n
+        return traffic.Traffic(counts, tuple(self.buckets), self.seconds)
 
     def oldest(self, now: float | None = None) -> tuple[float, str] | None:
         """(seconds running, "METHOD /path") of the longest-running request, or None when idle."""
