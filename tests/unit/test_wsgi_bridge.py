@@ -356,6 +356,14 @@ def test_app_errors_reach_the_server() -> None:
     with pytest.raises(RuntimeError, match="second time"):
         call(twice)
 
+    def text(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return ["not bytes"] if environ["PATH_INFO"] == "/list" else iter(["not bytes"])
+
+    for path in ("/list", "/iter"):
+        with pytest.raises(TypeError, match="of type str, not bytes"):
+            call(text, path=path)
+
 
 @pytest.mark.parametrize("kind", ["list", "generator", "write"])
 def test_wsgiref_validator_passes(kind: str) -> None:

@@ -265,6 +265,12 @@ class _Input:
 # ------------------------------------------------------------------------------------------------ one exchange
 
 
+def _check_bytes(chunk: Any) -> None:
+    # PEP 3333: bytestrings (a str would need an encoding we cannot guess); bytearray and memoryview pass.
+    if not isinstance(chunk, (bytes, bytearray, memoryview)):
+        raise TypeError(f"the WSGI app gave a body block of type {type(chunk).__name__}, not bytes")
+
+
 class _Exchange:
     """One request/response between the loop and the app's thread."""
 
@@ -322,6 +328,7 @@ class _Exchange:
         """Send one block; the block before it must have been sent first (one in flight: back-pressure)."""
         if self.start is None:
             raise RuntimeError("the WSGI app sent a body before calling start_response")
+        _check_bytes(data)
         messages = [] if self.headers_sent else [self.start]
         self.headers_sent = True
         messages.append({"type": "http.response.body", "body": bytes(data), "more_body": True})
@@ -501,6 +508,8 @@ class WSGIBridge:
             if isinstance(result, (list, tuple)) and not exchange.headers_sent:
                 if exchange.start is None:
                     raise RuntimeError("the WSGI app returned without calling start_response")
+                for chunk in result:
+                    _check_bytes(chunk)
                 return _WHOLE, result if result else [b""]
             for block in result:
                 if exchange.body.gone:
