@@ -19,16 +19,20 @@ def test_slow_wsgi_requests_are_busy_not_dead(pool_factory: Any) -> None:
     started = time.monotonic()
     with Clients(pool.port, keepalive=2, fresh=2) as load:
         slow = Clients(pool.port, path="/slow?s=8", keepalive=0, fresh=12, count=1, timeout=30).start()
+        time.sleep(2)
+        (busy,) = status(pool.control)["workers"]  # status shows how busy the worker is (issue 8 item 2)
         tally_slow = slow.join(40)
     tally = load.stop()
     after = wait_settled(pool.control)
     summary("12 slow WSGI requests (8 s, health_timeout 3)", time.monotonic() - started, slow=tally_slow.line(),
+            while_slow=f"inflight {busy.get('inflight')} threads {busy.get('busy_threads')}/{busy.get('threads')}",
             ordinary=tally.line(), forks=forks(pool.log()), after=describe(after))
     assert tally_slow.ok == 12, tally_slow.errors
     assert tally.failed == 0 and tally.dropped == 0, tally.errors
     assert pool.pids() == {worker}
     assert forks(pool.log()) == 1
     assert deaths(after) == {}
+    assert busy["inflight"] >= 12 and busy["busy_threads"] >= 12 and busy["threads"] == 64, busy
     assert "no pong" not in pool.log()
 
 
