@@ -13,8 +13,9 @@ and reads, the main one publishes — and exchanges :mod:`corepool.channel` mess
 socket pair the primary's loop watches. Threads in the primary itself would not do: the primary forks loaders
 and workers, and a child forked while a Redis thread held a lock (an import's, for one) inherits it held
 forever — a worker hung at boot that way in this module's first version. The bridge exits when the primary
-closes its end; if it dies, the primary starts another one (at once if it ran for :data:`RESPAWN_AFTER`
-seconds, else it stays down and says so).
+closes its end; if it dies, the primary starts another one at once, up to :data:`QUICK_DEATHS` times in a row
+for bridges that ran less than :data:`RESPAWN_AFTER` seconds (then broadcasts stay on this host, and the
+status says so: no fork loop).
 
 =================  =========  ===============================================================================
 ``t``              direction  fields
@@ -58,7 +59,8 @@ CONNECT_TIMEOUT = 2.0
 READ_SLICE = 0.5  # the subscriber's longest wait for a message
 STATS_EVERY = 0.1  # the bridge sends its counts at most this often (and whenever they change)
 SEEN_ORIGINS = 1024  # origins whose last sequence number is remembered (duplicates)
-RESPAWN_AFTER = 10.0  # a bridge that ran this long is replaced at once when it dies
+RESPAWN_AFTER = 10.0  # a bridge that ran this long before dying was not a crash loop
+QUICK_DEATHS = 5  # bridges in a row that died sooner than that before the primary gives up
 STOP_WAIT = 1.0  # seconds the primary waits for the bridge to exit at its own exit, before SIGKILL
 
 
@@ -109,6 +111,7 @@ class RedisBackend:
         self.down_since: float | None = None
         self.reconnects = 0
         self.bridge_deaths = 0
+        self.quick_deaths = 0
         self.stats: dict[str, Any] = {"published": 0, "received": 0, "duplicates": 0, "dropped": {}}
         self.dropped: collections.Counter[str] = collections.Counter()  # in the primary, before the bridge
         self._selector: selectors.BaseSelector | None = None
@@ -149,12 +152,14 @@ class RedisBackend:
         self._close_sock()
         self.bridge_deaths += 1
         ran = time.monotonic() - self.started_at
-        if ran >= RESPAWN_AFTER:
+        self.quick_deaths = 0 if ran >= RESPAWN_AFTER else self.quick_deaths + 1
+        if self.quick_deaths < QUICK_DEATHS:
             self._went_down(f"the Redis bridge process {pid} died ({description}); starting another", True)
             self._spawn()
         else:
-            self._went_down(f"the Redis bridge process {pid} died ({description}) after {ran:.1f}s; broadcasts "
-                            "stay on this host until the pool restarts", True)
+            self._went_down(f"the Redis bridge process died {self.quick_deaths} times in a row, the last ({pid}) "
+                            f"after {ran:.1f}s ({description}); broadcasts stay on this host until the pool "
+                            "restarts", True)
         return True
 
     def status(self) -> dict[str, Any]:
@@ -213,7 +218,7 @@ class RedisBackend:
         if self.connected:
             return "connected"
         if self.pid is None and self.bridge_deaths:
-            return "down"
+            return "down (no bridge)"
         return "down, reconnecting" if self.ever_connected else "connecting"
 
     def _went_down(self, error: str, bad: bool) -> None:

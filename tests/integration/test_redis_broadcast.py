@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import pytest
 
 from tests.integration.conftest import Pool
 from tests.integration.test_notify import NotifySocket
-from tests.support import Load, free_port
+from tests.support import APPS, Load, free_port
 
 redis = pytest.importorskip("redis")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -209,3 +211,37 @@ def test_lost_redis_loses_no_request_and_broadcasts_resume(redis_server: RedisSe
         pool_a.close()
         pool_b.close()
         notify.sock.close()
+
+
+def test_a_killed_bridge_is_replaced(redis_server: RedisServer, tmp_path: Path) -> None:
+    channel = f"corepool-test-{uuid.uuid4().hex[:8]}"
+    pool_a = host(tmp_path / "a", "a", redis_server.url, channel)
+    pool_b = host(tmp_path / "b", "b", redis_server.url, channel)
+    a: list[Worker] = []
+    b: list[Worker] = []
+    try:
+        pool_a.start()
+        pool_b.start()
+        bridge = connected(pool_a)["bridge_pid"]
+        connected(pool_b)
+        os.kill(bridge, signal.SIGKILL)
+        status = pool_a.wait_for(lambda s: s["broadcast"]["bridge_pid"] not in (None, bridge)
+                                 and s["broadcast"]["connected"], what="a new bridge, subscribed")["broadcast"]
+        assert status["state"] == "connected", status
+        assert f"the Redis bridge process {bridge} died (killed by SIGKILL); starting another" in pool_a.log()
+        a, b = workers(pool_a.port), workers(pool_b.port)
+        exchange(a, b, "new-bridge")
+    finally:
+        for w in [*a, *b]:
+            w.conn.close()
+        pool_a.close()
+        pool_b.close()
+
+
+@pytest.mark.parametrize("url", ["redis", "http://127.0.0.1:6379/0", "redis://127.0.0.1:99999/0"])
+def test_a_bad_broadcast_url_is_a_usage_error(url: str) -> None:
+    for command in ("check", "serve"):
+        out = subprocess.run([sys.executable, "-m", "corepool", command, "fleet_app:app", "--app-dir", str(APPS),
+                              "--broadcast", url], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2, out
+        assert out.stderr.startswith("corepool: error: broadcast") and out.stderr.count("\n") == 1, out.stderr
