@@ -95,6 +95,7 @@ class Counters:
 class Broadcasts:
     relayed: int = 0
     dropped: int = 0
+    backend_up: int | None = None  # the cross-host backend (Redis): 1 connected, 0 not; None: local only
 
 
 class _PoolCollector:
@@ -147,6 +148,9 @@ class _PoolCollector:
         broadcasts.add_metric(["relayed"], self.broadcasts.relayed)
         broadcasts.add_metric(["dropped"], self.broadcasts.dropped)
         yield broadcasts
+        if self.broadcasts.backend_up is not None:
+            yield _gauge("corepool_broadcast_backend_up", "1 while the cross-host broadcast backend (Redis) is "
+                         "connected; broadcasts reach this host's workers only while 0", self.broadcasts.backend_up)
         rss = GaugeMetricFamily("corepool_worker_rss_bytes", "Resident memory of each worker",
                                 labels=["slot", "generation", "pid"])
         for w in sorted(live, key=lambda w: (w.slot, w.wid)):

@@ -749,7 +749,10 @@ class Primary:
         from corepool import relay
 
         r = relay.of(self.selector)
-        return metrics.render(self.policy, self.counters, metrics.Broadcasts(r.relayed, r.dropped), status.rss_bytes)
+        backend = self.broadcast.status()
+        up = None if backend["backend"] == "local" else int(bool(backend.get("connected")))
+        return metrics.render(self.policy, self.counters, metrics.Broadcasts(r.relayed, r.dropped, up),
+                              status.rss_bytes)
 
     def _answer_status_waiters(self) -> None:
         now = time.monotonic()

@@ -140,6 +140,15 @@ def exchange(a: list[Worker], b: list[Worker], tag: str) -> None:
         assert sorted(ids) == expected, (w.pid, ids)  # exactly once each; never its own
 
 
+def scrape(port: int) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def test_a_broadcast_reaches_every_worker_of_both_hosts_exactly_once(redis_server: RedisServer,
                                                                       tmp_path: Path) -> None:
     channel = f"corepool-test-{uuid.uuid4().hex[:8]}"
@@ -169,7 +178,9 @@ def test_a_broadcast_reaches_every_worker_of_both_hosts_exactly_once(redis_serve
 def test_lost_redis_loses_no_request_and_broadcasts_resume(redis_server: RedisServer, tmp_path: Path) -> None:
     channel = f"corepool-test-{uuid.uuid4().hex[:8]}"
     notify = NotifySocket(tmp_path / "notify.sock")
+    metrics_port = free_port()
     pool_a = host(tmp_path / "a", "a", redis_server.url, channel, NOTIFY_SOCKET=notify.path)
+    pool_a.argv += ["--metrics-bind", f"127.0.0.1:{metrics_port}"]
     pool_b = host(tmp_path / "b", "b", redis_server.url, channel)
     a: list[Worker] = []
     b: list[Worker] = []
@@ -186,6 +197,7 @@ def test_lost_redis_loses_no_request_and_broadcasts_resume(redis_server: RedisSe
             connected(pool_b, False)
             assert down["state"] == "down, reconnecting" and down["error"], down
             notify.read(until=lambda m: "broadcast: redis down" in m.get("STATUS", ""))
+            assert "corepool_broadcast_backend_up 0.0" in scrape(metrics_port)
             # Local broadcast goes on without Redis; what could not reach the other host is counted.
             assert a[0].get("/broadcast?id=alone")["ok"]
             wait_received([a[1]], {"alone"})
@@ -198,6 +210,7 @@ def test_lost_redis_loses_no_request_and_broadcasts_resume(redis_server: RedisSe
             back = connected(pool_a)
             connected(pool_b)
             assert back["reconnects"] == 1, back
+            assert "corepool_broadcast_backend_up 1.0" in scrape(metrics_port)
             exchange(a, b, "after")
         for load in (load_a, load_b):
             assert load.result.failed == 0, load.result.errors[:5]
