@@ -757,20 +757,29 @@ class Policy:
             self._ping_now([*self._canary_old_workers(watch), *([new] if new is not None else [])], now)
             return
         involved = [w for w in self.workers.values() if w.wid == watch.wid or w.wid in watch.base]
-        fresh = all(w.traffic_at is not None and w.traffic_at >= watch.until for w in involved)
-        if fresh or now >= watch.collect_until:
+        if all(self._reported_since(w, watch.until) for w in involved) or now >= watch.collect_until:
             self._canary_judge(watch, now, out)
+
+    @staticmethod
+    def _reported_since(w: Worker, when: float) -> bool:
+        return max(w.last_pong_at or 0.0, w.traffic_at or 0.0) >= when
 
     def _canary_judge(self, watch: canary.Watch, now: float, out: list[Action]) -> None:
         new = self.workers.get(watch.wid)
         if new is None:
             return  # its exit is handled by _exited
+        if not self._reported_since(new, watch.until):
+            if new.kill_reason is None:  # its serving loop does not answer: as the health check would, kill it
+                self._kill(new, f"no pong within health_timeout ({self.timing.health_timeout:g}s)", out, Cause.HEALTH)
+            self._canary_rollback(new, f"canary: the canary did not report its counts within health_timeout "
+                                  f"({self.timing.health_timeout:g}s) after its window", now, out)
+            return
         old = Traffic()
         for w in self.workers.values():
             base = watch.base.get(w.wid)
-            if base is not None and w.traffic is not None and (w.traffic_at or 0.0) >= watch.until:
+            if base is not None and w.traffic is not None and self._reported_since(w, watch.until):
                 old = old + w.traffic.since(base)
-        counted = new.traffic if new.traffic is not None and (new.traffic_at or 0.0) >= watch.until else Traffic()
+        counted = new.traffic or Traffic()  # an engine without HTTP counts: nothing to judge
         verdict = canary.judge(old, counted, self.canary_rules)
         fields: tuple[tuple[str, str | int], ...] = (
             ("VERDICT", "pass" if verdict.ok else "rollback"),

@@ -259,3 +259,20 @@ def test_the_watch_is_plain_state() -> None:
     w = canary.Watch(1, 0.0, 10.0)
     assert w.base == {} and w.collect_until is None
     assert p.Roll(2, []).canary is None
+
+
+def test_a_canary_silent_at_the_end_of_its_window_is_rolled_back() -> None:
+    h = CanaryHarness()
+    old = h.running()
+    new = h.reload_to_canary()
+    for wid in old:
+        h.pong(wid, served(ok=10))
+    h.now += RULES.seconds
+    h.at(h.now)
+    for wid in old:
+        h.pong(wid, served(ok=20))
+    assert h.policy.roll is not None, "waits for the canary"
+    out = h.at(h.now + 5.0)
+    (finished,) = kinds(out, ev.ReloadFinished)
+    assert not finished.ok and "did not report its counts" in finished.reason
+    assert (new, signal.SIGKILL) in [(a.wid, a.signum) for a in kinds(out, ev.Signal)]
