@@ -312,6 +312,11 @@ class Primary:
             self.config_error = None
             if fresh.bind != self.settings.bind:
                 log.event("reload", "SIGHUP: bind addresses changed; they take effect on restart", warning=True)
+            restart_only = [k for k in ("health_bind", "broadcast", "broadcast_channel")
+                            if getattr(fresh, k) != getattr(self.settings, k)]
+            if restart_only:
+                log.event("reload", f"SIGHUP: {', '.join(restart_only)} changed; that takes effect on restart",
+                          warning=True)
             delta = fresh.workers - self.settings.workers
             self.settings = fresh
             self.policy.timing = timing_for(fresh, self.notifier.watchdog_interval)
