@@ -182,8 +182,8 @@ def test_client_leaving_mid_body_raises_in_the_app() -> None:
         start_response("200 OK", [])
         return [b"unreachable"]
 
-    async def feed(ex: Exchange) -> None:
-        ex.push({"type": "http.request", "body": b"x" * 100, "more_body": True})
+    async def feed(ex: Exchange) -> None:  # more than the bridge gathers on the loop: the app is reading it
+        ex.push({"type": "http.request", "body": b"x" * (BUFFERED_BODY_LIMIT + 100), "more_body": True})
         await asyncio.sleep(0.05)
         ex.push({"type": "http.disconnect"})
 

@@ -29,7 +29,7 @@ import uvicorn
 from corepool import log, traffic
 from corepool.balance import PAUSE, Board, cell_of
 from corepool.engines import Route, front, tracking, websocket
-from corepool.engines.httpfront import FrontLineProtocol, WsgiFrontLineProtocol
+from corepool.engines.httpfront import FrontLineProtocol
 from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
 
@@ -150,7 +150,7 @@ def make_config(app: Any, spec: WorkerSpec, wsgi: bool = False) -> uvicorn.Confi
     return uvicorn.Config(
         app,
         interface="asgi3" if wsgi else "auto",
-        http=WsgiFrontLineProtocol if wsgi else FrontLineProtocol,
+        http=FrontLineProtocol,
         ws=ws or "none",
         ws_max_size=options.ws_max_size,
         ws_ping_interval=options.ws_ping_interval or None,

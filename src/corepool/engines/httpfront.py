@@ -13,9 +13,9 @@ connection and never an app thread (for WSGI routes) nor the loop's time:
   cut off with 413 (or a close, if the app already answered) once over.
 * ``max_connections``: a connection beyond this many open in the worker gets 503 to its first request, then close.
 
-For WSGI routes (:class:`WsgiFrontLineProtocol`) the app is not started until its request body is complete or
-64 KiB of it has arrived: a WSGI app reads its body on an app thread, so a client that sends a body slowly
-would otherwise hold a thread for as long as it likes (up to ``body_timeout`` per silence).
+For WSGI routes the bridge (:mod:`corepool.engines.wsgi`) gathers a request body on the loop, up to
+``BUFFERED_BODY_LIMIT``, before it takes an app thread: a client that sends its body slowly holds a connection,
+not a thread.
 
 And the drain: an idle keep-alive connection is kept for ``keepalive_timeout`` after the drain starts (a request
 the client is sending at that moment is answered, with ``Connection: close``), then closed, so a stop or a
@@ -29,8 +29,7 @@ import http
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corepool.settings import HttpOptions
 
@@ -55,7 +54,6 @@ class FrontLineProtocol(HttpToolsProtocol):
 
     options: HttpOptions = HttpOptions()  # set once per worker process, before serving
     balancer: Balancer | None = None
-    hold_bodies = False  # WsgiFrontLineProtocol: start the app once the body is complete or 64 KiB of it came
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -68,7 +66,6 @@ class FrontLineProtocol(HttpToolsProtocol):
         self.over_limit = False
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
-        self.held: tuple[RequestResponseCycle, Any] | None = None  # a request waiting for its body
 
     # Connection life.
 
@@ -82,7 +79,6 @@ class FrontLineProtocol(HttpToolsProtocol):
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.held = None  # its app never ran: nobody to tell
         self._cancel_head_timer()
         self._cancel_body_timer()
         super().connection_lost(exc)
@@ -146,36 +142,11 @@ class FrontLineProtocol(HttpToolsProtocol):
         if limit and self.body_bytes > limit:
             raise Reject(413, "Content Too Large")
         super().on_body(body)
-        if self.held is not None and len(self.held[0].body) >= HIGH_WATER_LIMIT:
-            self._release()
 
     def on_message_complete(self) -> None:
         self.reading_body = False
         self._cancel_body_timer()
         super().on_message_complete()
-        if self.held is not None:
-            self._release()
-
-    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
-        if self.hold_bodies and cycle.more_body and self.reading_body and self._has_body():
-            self.held = (cycle, app)
-            if cycle.waiting_for_100_continue:  # the client waits for this before it sends the body we wait for
-                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                cycle.waiting_for_100_continue = False
-            return
-        super()._start_asgi_task(cycle, app)
-
-    def _has_body(self) -> bool:
-        for name, value in self.headers:
-            if name == b"transfer-encoding" or (name == b"content-length" and value.strip() not in (b"", b"0")):
-                return True
-        return False
-
-    def _release(self) -> None:
-        assert self.held is not None
-        cycle, app = self.held
-        self.held = None
-        super()._start_asgi_task(cycle, app)
 
     def _check_head(self) -> None:
         """The exact size of the head just parsed, its Content-Length and this connection's rank."""
@@ -276,9 +247,3 @@ class FrontLineProtocol(HttpToolsProtocol):
             )
             return
         self.cycle.keep_alive = False
-
-
-class WsgiFrontLineProtocol(FrontLineProtocol):
-    """The front line for WSGI routes: a request body is gathered on the loop before an app thread is taken."""
-
-    hold_bodies = True

@@ -3,9 +3,9 @@ docs/benchmarks/wsgi-engines.md), following PEP 3333 to the letter.
 
 uvicorn parses HTTP; :class:`WSGIBridge` turns each ASGI request into one WSGI call on a thread.
 
-* **Request bodies.** A body with a Content-Length up to :data:`BUFFERED_BODY_LIMIT` is read on the event loop
+* **Request bodies.** Up to :data:`BUFFERED_BODY_LIMIT` of a body (chunked or not) is read on the event loop
   before a thread is taken (as nginx buffers requests), so a slow client costs a connection, never an app
-  thread. Larger and chunked bodies stream: ``wsgi.input`` pulls them through the loop, and its ``read(n)``,
+  thread. The rest of a larger body streams: ``wsgi.input`` pulls it through the loop, and its ``read(n)``,
   ``readline(n)``, ``readlines()`` and iteration wait for data, returning short only at the end of the body.
   ``wsgi.input_terminated`` is set (the stream ends where the body ends, with or without a Content-Length).
   A client that leaves before the end of its body raises :class:`ClientDisconnected` in the app.
@@ -38,7 +38,7 @@ from urllib.parse import unquote_to_bytes
 from corepool.settings import HttpOptions
 
 THREADS = HttpOptions.threads
-BUFFERED_BODY_LIMIT = 1024 * 1024  # a body with a Content-Length up to this is read before a thread is taken
+BUFFERED_BODY_LIMIT = 1024 * 1024  # this much of a body is read on the loop before a thread is taken
 READ_AHEAD = 256 * 1024  # body bytes read ahead of a streaming app while its response is sent
 BUFFER_LIMIT = 256 * 1024  # a list response larger than this goes out as one message per item, not joined
 
@@ -118,17 +118,6 @@ def build_environ(scope: dict[str, Any], wsgi_input: Any) -> dict[str, Any]:
         environ["SERVER_NAME"] = name or "localhost"
         environ["SERVER_PORT"] = port or ("443" if scheme == "https" else "80")
     return environ
-
-
-def content_length(environ: dict[str, Any]) -> int | None:
-    """The request's Content-Length, or None when it has none (chunked) or it is not a number."""
-    value = environ.get("CONTENT_LENGTH")
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
 
 
 # ------------------------------------------------------------------------------------------------ request body
@@ -450,17 +439,18 @@ class WSGIBridge:
         first, more = message.get("body", b""), message.get("more_body", False)
         environ = build_environ(scope, None)
         if more:
-            length = content_length(environ)
-            if length is not None and length <= BUFFERED_BODY_LIMIT:
-                # Read it all here, so a client that sends slowly holds no app thread meanwhile.
-                parts = [first]
-                while more:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        return  # nobody to answer; the app never saw the request
-                    parts.append(message.get("body", b""))
-                    more = message.get("more_body", False)
-                first = b"".join(parts)
+            # Gather the body here, up to BUFFERED_BODY_LIMIT whatever its framing, so that a client that sends
+            # slowly holds a connection and no app thread meanwhile; the rest of a larger body streams.
+            parts, size = [first], len(first)
+            while more and size < BUFFERED_BODY_LIMIT:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # nobody to answer; the app never saw the request
+                chunk = message.get("body", b"")
+                parts.append(chunk)
+                size += len(chunk)
+                more = message.get("more_body", False)
+            first = b"".join(parts)
         body = _Body(receive, more)
         exchange = _Exchange(loop, send, body)
         if more:
