@@ -56,6 +56,7 @@ BACKOFF_MAX = 5.0
 PING_EVERY = 5.0  # seconds of silence on the subscription before the bridge PINGs Redis
 PING_TIMEOUT = 5.0  # ... and how long the PONG may take before the connection counts as lost
 CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0  # a PUBLISH that gets no answer this long counts as failed (a partition, a stalled Redis)
 READ_SLICE = 0.5  # the subscriber's longest wait for a message
 STATS_EVERY = 0.1  # the bridge sends its counts at most this often (and whenever they change)
 SEEN_ORIGINS = 1024  # origins whose last sequence number is remembered (duplicates)
@@ -305,6 +306,7 @@ class _Bridge:
         self.connected = False
         self.ever_connected = False
         self.down_since: float | None = None
+        self.subscriptions = 0  # counts (re)subscriptions: the publisher reconnects after each outage
         self.seen: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.counts: dict[str, Any] = {"published": 0, "received": 0, "duplicates": 0}
         self.dropped: collections.Counter[str] = collections.Counter()
@@ -315,6 +317,7 @@ class _Bridge:
         subscriber = threading.Thread(target=self._subscriber, name="corepool-redis-subscriber", daemon=True)
         subscriber.start()
         client = None
+        client_for = 0  # the subscription the publisher's connection was made under
         while True:
             try:
                 raw = self.sock.recv(channel.recv_size())
@@ -331,8 +334,12 @@ class _Bridge:
             self.seq += 1
             try:
                 frame = encode(self.origin, self.seq, message["topic"], message.get("data"))
+                if client is not None and client_for != self.subscriptions:
+                    with contextlib.suppress(Exception):  # made before the last outage: it may be dead
+                        client.close()
+                    client = None
                 if client is None:
-                    client = self._client()
+                    client, client_for = self._client(), self.subscriptions
                 client.publish(self.channel, frame)
             except (self.redis.RedisError, OSError):
                 self._count(dropped="publish failed")
@@ -374,7 +381,8 @@ class _Bridge:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
-        return self.redis.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_keepalive=True,
+        return self.redis.Redis.from_url(self.url, socket_connect_timeout=CONNECT_TIMEOUT,
+                                         socket_timeout=COMMAND_TIMEOUT, socket_keepalive=True,
                                          retry=Retry(NoBackoff(), 0), client_name=f"corepool-{self.origin[:12]}")
 
     # ---------------------------------------------------------------------------------------- subscriber
@@ -423,6 +431,7 @@ class _Bridge:
         first = not self.ever_connected
         outage = "" if self.down_since is None else f" after {time.monotonic() - self.down_since:.1f}s"
         self.connected, self.ever_connected, self.down_since = True, True, None
+        self.subscriptions += 1
         if first:
             news = f"broadcast: subscribed to {self.channel!r} on {redact(self.url)} (origin {self.origin[:12]})"
         else:
