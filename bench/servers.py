@@ -21,7 +21,7 @@ from typing import Any
 
 from bench import env
 
-GTHREAD_THREADS = 10  # the same as corepool's WSGI thread pool (corepool.engines.wsgi.THREADS)
+GTHREAD_THREADS = 10  # gunicorn gthread as commonly deployed (corepool's own default is 64: wsgi-threads.md)
 
 # name -> (interface it serves, one-line description for the report)
 SERVERS: dict[str, tuple[str, str]] = {
