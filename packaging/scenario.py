@@ -99,6 +99,14 @@ def scenario(sb: Sandbox, deb_inside: Path, unit_src: Path, report: Report, log:
     unit_type = sb.run("systemctl", "show", "-p", "Type", "--value", SERVICE).stdout.strip()
     version = sb.run("systemctl", "--version").stdout.split()[1]
     report.ok(f"systemd {version}: {SERVICE} is Type={unit_type}")
+    # `corepool units` (the installed command) renders for the running systemd: the same Type, ExecReload= only
+    # on 252
+    units = sb.run("/usr/bin/corepool", "units", "--app", "switchable:app", "--name", "mine", "--app-dir", "/srv")
+    rendered = [ln for ln in units.stdout.splitlines() if ln.startswith(("Type=", "ExecReload=", "ReloadSignal="))]
+    want_reload = unit_type == "notify"
+    if f"Type={unit_type}" not in rendered or any(ln.startswith("ExecReload=") for ln in rendered) != want_reload:
+        raise Failed(f"corepool units on systemd {version} rendered {rendered}")
+    report.ok(f"corepool units on systemd {version}: {', '.join(ln.split(' ')[0] for ln in rendered)}")
 
     # start
     sb.systemctl("start", SOCKET, "corepool@demo.socket")
