@@ -170,3 +170,18 @@ def test_drain_needs_a_health_endpoint(tmp_path: Path) -> None:
         assert "SIGTERM: graceful stop" in pool.log()
     finally:
         pool.close()
+
+
+def test_a_socket_named_health_is_the_endpoint_not_the_app(tmp_path: Path) -> None:
+    """``--bind health=ADDR`` (or a systemd socket named health): answered by the primary, never by a worker."""
+    hport = free_port()
+    pool = Pool(tmp_path, "fleet_app:app", "--bind", f"health=127.0.0.1:{hport}")
+    pool.start()
+    try:
+        assert health(hport) == (200, "ok: 2/2 workers ready, generation 1")
+        status = pool.status()
+        assert [x["name"] for x in status["listeners"]] == ["http"]
+        assert status["health"]["address"] == f"127.0.0.1:{hport}"
+        assert get_json(pool.port)["version"] == "1"
+    finally:
+        pool.close()
