@@ -1,14 +1,14 @@
 """An ASGI app whose deploy is steered by the file named in $CANARY_FILE, read at import time (per generation):
 
-good (or no file) → answers 200 after BASE seconds; error → answers 500 to every request, at once;
-slow → answers 200 after 5 x BASE seconds. The 200 body is {"pid", "version"} (what tests.support.Load reads).
+good (or no file) → answers 200 after BASE seconds ($CANARY_BASE, default 0.05); error → answers 500 to every
+request, at once; slow → answers 200 after 5 x BASE seconds. The 200 body is {"pid", "version"}.
 """
 
 import asyncio
 import json
 import os
 
-BASE = 0.010
+BASE = float(os.environ.get("CANARY_BASE", "0.05"))
 
 _file = os.environ.get("CANARY_FILE")
 VERSION = "good"
