@@ -143,9 +143,9 @@ class _PoolCollector:
         for verdict, n in sorted(c.canary.items()):
             canary.add_metric([verdict], n)
         yield canary
-        broadcasts = CounterMetricFamily("corepool_broadcast_messages", "Broadcast messages relayed to a worker, "
+        broadcasts = CounterMetricFamily("corepool_broadcast_messages", "Broadcast messages sent to a worker, "
                                          "or dropped (over a bound or a rate limit)", labels=["result"])
-        broadcasts.add_metric(["relayed"], self.broadcasts.relayed)
+        broadcasts.add_metric(["sent"], self.broadcasts.relayed)
         broadcasts.add_metric(["dropped"], self.broadcasts.dropped)
         yield broadcasts
         if self.broadcasts.backend_up is not None:

@@ -76,6 +76,7 @@ def test_deaths_reloads_and_canary_verdicts_are_counted_from_reports() -> None:
     assert got[("corepool_canary_verdicts_total", (("verdict", "rollback"),))] == 1
     assert got[("corepool_reloads_total", (("result", "failed"),))] == 1
     assert got[("corepool_broadcast_messages_total", (("result", "dropped"),))] == 2
+    assert got[("corepool_broadcast_messages_total", (("result", "sent"),))] == 7
     assert got[("corepool_workers", (("state", "ready"),))] == 2
     assert got[("corepool_generation", ())] == 1
     rss = [v for (name, _), v in got.items() if name == "corepool_worker_rss_bytes"]
