@@ -67,12 +67,17 @@ class Counters:
         if isinstance(connections, int) and not isinstance(connections, bool):
             self.connections[wid] = connections
 
+    def retire(self, wid: int) -> None:
+        """A worker is gone: its last report joins the totals (nothing per worker is kept: no growth)."""
+        last = self.live.pop(wid, None)
+        if last is not None:
+            self.retired = self.retired + last
+        self.connections.pop(wid, None)
+
     def settle(self, alive: Mapping[int, object]) -> None:
         """Move the last report of every worker no longer in ``alive`` (wid -> anything) into the totals."""
-        for wid in [wid for wid in self.live if wid not in alive]:
-            self.retired = self.retired + self.live.pop(wid)
-        for wid in [wid for wid in self.connections if wid not in alive]:
-            del self.connections[wid]
+        for wid in [wid for wid in (*self.live, *self.connections) if wid not in alive]:
+            self.retire(wid)
 
     def total(self) -> Traffic:
         return traffic.combine([self.retired, *self.live.values()])

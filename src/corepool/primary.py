@@ -351,6 +351,7 @@ class Primary:
     def _worker_exited(self, pid: int, status: int, now: float) -> None:
         self._on_channel(self.pids[pid])  # its last words (the final pong of a drain) before its channel closes
         wid = self.pids.pop(pid)
+        self.counters.retire(wid)  # its last counts join the pool's totals
         description, clean = describe_status(status)
         w = self.policy.workers.get(wid)
         if w is not None:

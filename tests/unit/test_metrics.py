@@ -174,3 +174,14 @@ def test_the_endpoint_refuses_what_is_not_a_scrape(request_bytes: bytes, status:
 def test_head_gets_the_headers_only() -> None:
     answer = serve_once(b"HEAD /metrics HTTP/1.0\r\n\r\n", b"abc")
     assert answer.startswith(b"HTTP/1.1 200 OK") and answer.endswith(b"\r\n\r\n")
+
+
+def test_a_retired_workers_report_is_kept_only_in_the_totals() -> None:
+    c = Counters()
+    for wid in range(1000):
+        c.report(wid, served(1), connections=1)
+        c.retire(wid)
+    assert c.live == {} and c.connections == {}
+    assert c.retired.total == 1000
+    c.retire(5)  # twice, or a worker that never reported: nothing changes
+    assert c.retired.total == 1000
