@@ -283,3 +283,28 @@ def test_status_watch_prints_plain_frames_when_not_a_tty(pool_factory: Any) -> N
         assert frame[1].split()[:8] == ["SLOT", "PID", "GEN", "STATE", "UPTIME", "REQ/S", "P99", "BUSY"]
         assert sorted(int(row.split()[1]) for row in frame[2:]) == sorted(pool.pids())
     assert "requests" in frames[1][0]
+
+
+def test_status_watch_redraws_in_place_on_a_terminal(pool_factory: Any) -> None:
+    pool = pool_factory("canary_app:app").start()
+    main, sub = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "corepool", "status", "--watch", "--control", pool.control],
+                            stdout=sub, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "140", "TERM": "xterm"})
+    os.close(sub)
+    guard = threading.Timer(60, proc.kill)
+    guard.start()
+    seen = b""
+    try:
+        # rich's Live moves the cursor up over the previous frame before drawing the next: two redraws seen.
+        while seen.count(b"\x1b[1A") < 2 * 4 or seen.count(b"SLOT") < 3:
+            chunk = os.read(main, 65536)
+            assert chunk, proc.stderr.read() if proc.stderr else ""
+            seen += chunk
+    finally:
+        guard.cancel()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        os.close(main)
+    text = seen.decode(errors="replace")
+    assert "generation 1, 2/2 workers ready" in text
+    assert all(str(pid) in text for pid in pool.pids())
