@@ -408,34 +408,35 @@ HAS_FDSTORE = any("FDSTORE=1" in p.read_text() for p in (CHECKOUT / "src/corepoo
 
 @pytest.mark.skipif(not HAS_ROUTES, reason="corepool has no --route (routes setting) yet")
 def test_two_named_sockets_routed_to_two_apps(sandbox_factory: SandboxFactory, corepool_venv: Path) -> None:
+    # not "metrics": that socket name is the primary's own metrics endpoint, never an app's route
     sb = sandbox_factory({})
-    pool = install(sb, corepool_venv, service_dropin=f"Sockets={SOCKET} corepool-metrics@{NAME}.socket\n")
-    metrics_port = free_port()
-    (sb.unit_dir / "corepool-metrics@.socket").write_text(
-        f"[Socket]\nListenStream=127.0.0.1:{metrics_port}\nFileDescriptorName=metrics\nService=corepool@%i.service\n"
+    pool = install(sb, corepool_venv, service_dropin=f"Sockets={SOCKET} corepool-admin@{NAME}.socket\n")
+    admin_port = free_port()
+    (sb.unit_dir / "corepool-admin@.socket").write_text(
+        f"[Socket]\nListenStream=127.0.0.1:{admin_port}\nFileDescriptorName=admin\nService=corepool@%i.service\n"
     )
-    sb.write_file("apps/metricsapp.py", METRICS_APP)
+    sb.write_file("apps/adminapp.py", ADMIN_APP)
     config = CONFIG.format(app="switchable:app", app_dir=pool.files / "apps")
-    sb.write_file(f"etc/{NAME}.toml", config + 'routes = { metrics = "metricsapp:app" }\n')
+    sb.write_file(f"etc/{NAME}.toml", config + 'routes = { admin = "adminapp:app" }\n')
     sb.daemon_reload()
-    sb.systemctl("start", SOCKET, f"corepool-metrics@{NAME}.socket")
+    sb.systemctl("start", SOCKET, f"corepool-admin@{NAME}.socket")
     http_answer = get_json(pool.port, timeout=20)
     status = pool.wait_serving()
-    assert {(x["name"], x["source"]) for x in status["listeners"]} == {("http", "systemd"), ("metrics", "systemd")}
-    metrics_answer = get_json(metrics_port, timeout=10)
+    assert {(x["name"], x["source"]) for x in status["listeners"]} == {("http", "systemd"), ("admin", "systemd")}
+    admin_answer = get_json(admin_port, timeout=10)
     assert http_answer["version"] == "ok"  # switchable
-    assert metrics_answer["app"] == "metrics"
-    assert http_answer["pid"] in sb.unit_pids(SERVICE) and metrics_answer["pid"] in sb.unit_pids(SERVICE)
+    assert admin_answer["app"] == "admin"
+    assert http_answer["pid"] in sb.unit_pids(SERVICE) and admin_answer["pid"] in sb.unit_pids(SERVICE)
 
 
-METRICS_APP = """\
+ADMIN_APP = """\
 import json, os
 
 
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = json.dumps({"app": "metrics", "pid": os.getpid()}).encode()
+    body = json.dumps({"app": "admin", "pid": os.getpid()}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
 """
