@@ -128,9 +128,9 @@ def _fds(pid: int) -> int:
 
 
 TARGET_REPLACEMENTS = 10_000
-# 10,000 replacements do not fit in ~90 s on 2 shared cores (measured: 6-15 a second under a load average of 10),
-# so the case churns for this long and reports how many fitted.
-TIME_BUDGET = 60.0
+# 10,000 replacements do not fit in ~90 s on 2 shared cores (measured: 12-29 a second under a load average of 10,
+# 85 a second on a quieter machine), so the case churns for at most this long and reports how many fitted.
+TIME_BUDGET = 80.0
 MIN_REPLACEMENTS = 300
 
 
