@@ -58,3 +58,14 @@ def test_write_units_adapts_only_the_service(tmp_path: Path) -> None:
     assert {"corepool@.service", "corepool@.socket", "corepool@demo.socket.d/listen.conf"} <= names
     assert (tmp_path / "corepool@.socket").read_text() == (unitgen.template_dir() / "corepool@.socket").read_text()
     assert "Type=notify-reload" in (tmp_path / "corepool@.service").read_text()
+
+
+def test_units_command_renders_for_the_systemd_it_is_told(capsys: pytest.CaptureFixture[str]) -> None:
+    from corepool import cli
+
+    assert cli.main(["units", "--app", "a:app", "--name", "x", "--systemd-version", "257"]) == 0
+    newer = capsys.readouterr().out
+    assert "Type=notify-reload" in newer and "ExecReload=" not in newer.replace("No ExecReload=", "")
+    assert cli.main(["units", "--app", "a:app", "--name", "x", "--systemd-version", "252"]) == 0
+    older = capsys.readouterr().out
+    assert "Type=notify\n" in older and "ExecReload=" in older
