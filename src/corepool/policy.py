@@ -485,7 +485,7 @@ class Policy:
             w.next_ping_at = now + self.timing.health_interval
             overdue_in = recycling.next_check(self.limits, pong.oldest_age)
             if overdue_in is not None:  # look again just as the oldest request would pass request_timeout
-                w.next_ping_at = min(w.next_ping_at, now + overdue_in + 0.05)
+                w.next_ping_at = min(w.next_ping_at, max(now + overdue_in + 0.05, w.recycle_after))
         self._judge(w, now, out)
 
     # -------------------------------------------------------------------------------------- recycling
@@ -517,14 +517,18 @@ class Policy:
 
     def _replace(self, w: Worker, now: float, cause: Cause, reason: str, out: list[Action]) -> None:
         """Surge-first: boot a successor for ``w``'s slot; ``w`` is retired once the successor is ready."""
+        generation = self.slots[w.slot].generation
+        if self.preload and not self._has_ready_loader(generation):
+            # No successor can be forked yet: the old worker keeps serving, and we look again shortly.
+            self._want_loader(generation, now, out)
+            w.recycle_after = now + self.timing.backoff_base
+            return
         w.cause, w.replace_reason = cause, reason
         event = "request_timeout" if cause is Cause.REQUEST_TIMEOUT else "recycle"
         out.append(Report(event, f"replacing worker {self._name(w)}: {reason}", w.wid,
                           warning=cause is Cause.REQUEST_TIMEOUT, fields=(("CAUSE", cause.value),)))
-        new = self._spawn(w.slot, self.slots[w.slot].generation, now, out)
-        if new is None:  # its loader is not ready (preload): retire now, the slot is refilled when it is
-            self._retire(w, now, reason, out, cause)
-            return
+        new = self._spawn(w.slot, generation, now, out)
+        assert new is not None  # a running pool with a ready loader (or in lazy mode) always forks
         w.successor = new
         self.workers[new].predecessor = w.wid
 
