@@ -465,10 +465,23 @@ class Primary:
             *self.channels.values(), *self.loader_channels.values(),
         ]
         control_fds = self.control.fds() + self.metrics.fds() + self.health.fds() + self.broadcast.fds()
-        pid = os.fork()
-        if pid == 0:
+        # A signal meant for the primary must not land in the child between fork and its own set-up: the
+        # inherited wakeup fd would hand it back to the primary as a second signal nobody sent (a SIGTERM
+        # would become a fast stop), and the inherited no-op handler would swallow a SIGTERM sent to the child.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED_SIGNALS)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # pending ones reach the primary's loop now
+        else:
             code = 1
             signal.set_wakeup_fd(-1)  # before closing the wakeup socket, so no signal writes to a stale fd
+            for sig in HANDLED_SIGNALS:
+                signal.signal(sig, signal.SIG_IGN if sig in worker.PRIMARY_SIGNALS else signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             try:
                 for thing in private:
                     thing.close()

@@ -29,7 +29,7 @@ EXIT_PRIMARY_GONE = 4
 
 _PR_SET_PDEATHSIG = 1
 # Signals meant for the primary alone; a worker that receives them (kill -HUP to the process group) ignores them.
-_PRIMARY_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+PRIMARY_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def prepare_process(spec: WorkerSpec, role: str, title: str) -> None:
     signal.set_wakeup_fd(-1)
     for key in PRIMARY_ONLY_VARIABLES:  # workers and loaders never talk to systemd
         os.environ.pop(key, None)
-    for sig in _PRIMARY_SIGNALS:
+    for sig in PRIMARY_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -159,7 +159,9 @@ def make_config(app: Any, spec: WorkerSpec, wsgi: bool = False) -> uvicorn.Confi
         log_config=None,
         access_log=False,  # corepool's own access log (front.AccessLog), in gunicorn's atoms
         timeout_keep_alive=int(options.keepalive_timeout) or 1,
-        timeout_graceful_shutdown=max(1, int(spec.drain_timeout)),
+        # None: uvicorn never cancels a request itself; one still running at graceful_timeout ends with the
+        # primary's SIGKILL of its worker (the client sees the connection drop, never a made-up 500).
+        timeout_graceful_shutdown=None,
         proxy_headers=False,  # front.ProxyHeaders, which also trusts unix-socket peers
         root_path=options.root_path,
         server_header=options.server_header,
