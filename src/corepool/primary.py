@@ -144,7 +144,6 @@ class Primary:
         self.exit_code: int | None = None
         self.waiters = _ReloadWaiters()
         self.status_waiters: list[tuple[float, set[int], control.Reply]] = []
-        self.requests_retired = 0
         self.board = balance.Board()
         self.tracebacks_seen: set[str] = set()
         self.next_watchdog = 0.0
@@ -355,7 +354,6 @@ class Primary:
         description, clean = describe_status(status)
         w = self.policy.workers.get(wid)
         if w is not None:
-            self.requests_retired += w.requests
             self.board.set(balance.cell_of(w.slot, w.generation), None)
         self._close_channel(self.channels, wid)
         self.pending_signals.pop(wid, None)
@@ -817,7 +815,9 @@ class Primary:
                 "drain_left": None if until is None else round(max(0.0, until - time.monotonic()), 3)}
 
     def requests_total(self) -> int:
-        return self.requests_retired + sum(w.requests for w in self.policy.workers.values())
+        """Requests the pool has served: the metrics counters' total, which keeps what retired workers served
+        (their last words included) and so never goes down."""
+        return self.counters.total().total
 
     def status_line(self) -> str:
         return status.line(self.policy, self.requests_total(), self.broadcast.line())

@@ -408,3 +408,13 @@ def test_status_reports_fresh_request_counts(pool_factory: Any) -> None:
     assert status["requests"] == 7
     assert sum(w["requests"] for w in status["workers"]) == 7
     assert all(w["last_pong_ago"] is not None for w in status["workers"])
+
+
+def test_requests_served_since_the_last_pong_survive_a_reload(pool_factory: Any) -> None:
+    """A retired worker's last requests (after its last ping) still count: it reports them as it drains."""
+    pool = pool_factory("corepool.demo:app", workers=2).start()  # health_interval stays at 10 s: no ping
+    for _ in range(9):
+        get_json(pool.port)
+    assert pool.ctl("reload", "--wait").returncode == 0
+    pool.wait_for(lambda s: all(w["state"] == "ready" and w["generation"] == 2 for w in s["workers"]))
+    assert pool.status()["requests"] == 9
