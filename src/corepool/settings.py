@@ -293,6 +293,9 @@ def _routes(f: Field, value: Any, source: str) -> tuple[tuple[str, str], ...]:
             )
         if not isinstance(app, str) or not APP_SPEC.fullmatch(app):
             raise SettingsError(f"{f.name}: {name} = {app!r} is not module:attribute ({_where(source, f)})")
+        if name in PRIMARY_SOCKETS:
+            raise SettingsError(f"{f.name}: a socket named {name} is the pool's own {name} endpoint, never an "
+                                f"app's; name the app's socket otherwise ({_where(source, f)})")
     return tuple(sorted(pairs))
 
 
@@ -384,5 +387,6 @@ def _check_binds(binds: tuple[str, ...], source: str) -> None:
 
 
 HOOKS = ("post_fork", "worker_exit", "when_ready", "on_reload")
+PRIMARY_SOCKETS = ("metrics", "health")  # sockets with these names are served by the primary itself
 APP_SPEC = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 SOCKET_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")

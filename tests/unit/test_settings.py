@@ -128,3 +128,9 @@ def test_every_bad_setting_is_refused_by_serve_and_check(
         lines = [line for line in err.splitlines() if line.strip()]
         assert code == 2, (argv, err)
         assert len(lines) == 1 and named in lines[0], (argv, err)
+
+
+@pytest.mark.parametrize("name", ["metrics", "health"])
+def test_a_route_cannot_take_the_primarys_own_socket_names(name: str) -> None:
+    with pytest.raises(settings.SettingsError, match=f"routes: a socket named {name} is the pool's own"):
+        settings.load(None, {"routes": [f"{name}=a:app"]})
