@@ -14,9 +14,7 @@ multiprocess mode, no files).
 
 from __future__ import annotations
 
-import contextlib
 import selectors
-import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -31,7 +29,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
-from corepool import listeners, traffic
+from corepool import endpoint, listeners, traffic
 from corepool.crashpolicy import Cause
 from corepool.traffic import Traffic
 
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
 
 NAME = "metrics"  # the socket name that makes a listener the metrics endpoint
 MAX_CONNECTIONS = 8  # scrapers at once; beyond, the oldest connection is closed
-MAX_REQUEST_BYTES = 8192
 BACKLOG = 16
 # What generate_latest() writes: the classic text format, which every Prometheus (2.x included) parses.
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -195,158 +192,29 @@ def render(policy: Policy, counters: Counters, broadcasts: Broadcasts,
 
 def take_listener(found: list[listeners.Listener]) -> tuple[listeners.Listener | None, list[listeners.Listener]]:
     """Split off the socket named ``metrics`` (it must never reach a worker); the rest serve the app."""
-    metrics = [lst for lst in found if lst.name == NAME]
-    rest = [lst for lst in found if lst.name != NAME]
-    for extra in metrics[1:]:
-        extra.close()
-    return (metrics[0] if metrics else None), rest
+    return endpoint.take_listener(found, NAME)
 
 
 Respond = Callable[[bytes], None]
 
 
-class _Connection:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.inbox = b""
-        self.outbox = b""
-        self.asked = False  # a complete request was read; its answer is being prepared or sent
-
-
-class MetricsServer:
+class MetricsServer(endpoint.Endpoint):
     """Answers ``GET /metrics`` on one listening socket, driven by the primary's selector.
 
     ``on_scrape(respond)`` is called for each scrape; the primary calls ``respond(body)`` once the workers'
     counts are fresh (it may do so at once). Connections are closed after each answer.
     """
 
+    max_connections = MAX_CONNECTIONS
+    backlog = BACKLOG
+
     def __init__(self, selector: selectors.BaseSelector, on_scrape: Callable[[Respond], None],
                  listener: listeners.Listener | None = None, bind: str | None = None) -> None:
-        self.selector = selector
+        super().__init__(selector, listener, bind)
         self.on_scrape = on_scrape
-        self.listener = listener
-        self.bind = bind
-        self.connections: dict[int, _Connection] = {}  # fd -> connection, oldest first
 
-    @property
-    def enabled(self) -> bool:
-        return self.listener is not None or bool(self.bind)
-
-    @property
-    def address(self) -> str | None:
-        return None if self.listener is None else self.listener.address
-
-    def open(self) -> None:
-        """Bind ``metrics_bind`` (unless a socket named metrics was passed) and start accepting."""
-        if self.listener is None and self.bind:
-            self.listener = listeners.bind(self.bind, BACKLOG)
-        if self.listener is None:
-            return
-        sock = self.listener.sock
-        sock.set_inheritable(False)
-        sock.setblocking(False)
-        self.selector.register(sock, selectors.EVENT_READ, self._accept)
-
-    def fds(self) -> list[int]:
-        """Descriptors a forked child must close."""
-        fds = [c.sock.fileno() for c in self.connections.values()]
-        if self.listener is not None:
-            fds.append(self.listener.sock.fileno())
-        return [fd for fd in fds if fd >= 0]
-
-    def close(self) -> None:
-        for conn in list(self.connections.values()):
-            self._drop(conn)
-        if self.listener is not None:
-            with contextlib.suppress(KeyError, ValueError):
-                self.selector.unregister(self.listener.sock)
-            self.listener.close()
-
-    def _accept(self, _mask: int) -> None:
-        assert self.listener is not None
-        for _ in range(MAX_CONNECTIONS):
-            try:
-                sock, _ = self.listener.sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:  # EMFILE and friends: the scraper retries at its next interval
-                return
-            sock.setblocking(False)
-            while len(self.connections) >= MAX_CONNECTIONS:
-                self._drop(next(iter(self.connections.values())))
-            conn = _Connection(sock)
-            self.connections[sock.fileno()] = conn
-            self.selector.register(sock, selectors.EVENT_READ, lambda mask, c=conn: self._ready(c, mask))
-
-    def _ready(self, conn: _Connection, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self._flush(conn)
-            return
-        try:
-            data = conn.sock.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self._drop(conn)
-            return
-        if conn.asked:
-            return  # pipelined bytes after the request: ignored, the connection closes after the answer
-        conn.inbox += data
-        head, sep, _ = conn.inbox.partition(b"\r\n\r\n")
-        if not sep:
-            if len(conn.inbox) > MAX_REQUEST_BYTES:
-                self._answer(conn, 431, b"request header too large\n")
-            return
-        conn.asked = True
-        parts = head.split(b"\r\n", 1)[0].split()
-        if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
-            self._answer(conn, 400, b"bad request\n")
-            return
-        method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method not in (b"GET", b"HEAD"):
-            self._answer(conn, 405, b"only GET\n", extra=b"Allow: GET, HEAD\r\n")
-        elif target not in (b"/metrics", b"/"):
-            self._answer(conn, 404, b"the metrics are at /metrics\n")
+    def request(self, path: bytes, respond: endpoint.Respond) -> None:
+        if path not in (b"/metrics", b"/"):
+            respond(404, b"the metrics are at /metrics\n", endpoint.TEXT)
         else:
-            head_only = method == b"HEAD"
-            self.on_scrape(lambda body: self._answer(conn, 200, body, CONTENT_TYPE, head_only))
-
-    def _answer(self, conn: _Connection, code: int, body: bytes, content_type: bytes = b"text/plain; charset=utf-8",
-                head_only: bool = False, extra: bytes = b"") -> None:
-        if conn.sock.fileno() not in self.connections or conn.outbox:
-            return  # closed meanwhile, or already answered
-        reason = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-                  431: b"Request Header Fields Too Large"}[code]
-        conn.asked = True
-        conn.outbox = (b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n%s\r\n"
-                       % (code, reason, content_type, len(body), extra)) + (b"" if head_only else body)
-        self._flush(conn)
-
-    def _flush(self, conn: _Connection) -> None:
-        try:
-            sent = conn.sock.send(conn.outbox)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            self._drop(conn)
-            return
-        conn.outbox = conn.outbox[sent:]
-        if not conn.outbox:
-            self._drop(conn)
-            return
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.modify(conn.sock, selectors.EVENT_READ | selectors.EVENT_WRITE,
-                                 lambda mask, c=conn: self._ready(c, mask))
-
-    def _drop(self, conn: _Connection) -> None:
-        fd = conn.sock.fileno()
-        if fd < 0:
-            return
-        self.connections.pop(fd, None)
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(conn.sock)
-        with contextlib.suppress(OSError):
-            conn.sock.shutdown(socket.SHUT_WR)  # a FIN after the answer, not an RST
-        conn.sock.close()
+            self.on_scrape(lambda body: respond(200, body, CONTENT_TYPE))
