@@ -200,26 +200,27 @@ class Settings:
 
 @dataclass(frozen=True)
 class HttpOptions:
-    """What a worker's HTTP engine needs from the settings (a worker never sees the whole file)."""
+    """What a worker's HTTP engine needs from the settings (a worker never sees the whole file); the
+    defaults are the settings' own."""
 
-    threads: int = 64
-    keepalive_timeout: float = 5.0
-    access_log: bool = False
+    threads: int = Settings.threads
+    keepalive_timeout: float = Settings.keepalive_timeout
+    access_log: bool = Settings.access_log
     access_log_format: str = Settings.access_log_format
-    max_header_bytes: int = 32 * 1024
-    header_timeout: float = 30.0
-    body_timeout: float = 60.0
-    max_body_bytes: int = 100 * 1024 * 1024
-    max_connections: int = 1000
-    ws: str = "auto"
-    ws_ping_interval: float = 20.0
-    ws_ping_timeout: float = 20.0
-    ws_max_size: int = 16 * 1024 * 1024
-    proxy_headers: bool = True
-    forwarded_allow_ips: str = "127.0.0.1,::1"
-    root_path: str = ""
-    server_header: bool = True
-    date_header: bool = True
+    max_header_bytes: int = Settings.max_header_bytes
+    header_timeout: float = Settings.header_timeout
+    body_timeout: float = Settings.body_timeout
+    max_body_bytes: int = Settings.max_body_bytes
+    max_connections: int = Settings.max_connections
+    ws: str = Settings.ws
+    ws_ping_interval: float = Settings.ws_ping_interval
+    ws_ping_timeout: float = Settings.ws_ping_timeout
+    ws_max_size: int = Settings.ws_max_size
+    proxy_headers: bool = Settings.proxy_headers
+    forwarded_allow_ips: str = Settings.forwarded_allow_ips
+    root_path: str = Settings.root_path
+    server_header: bool = Settings.server_header
+    date_header: bool = Settings.date_header
 
     @classmethod
     def of(cls, s: Settings) -> HttpOptions:
