@@ -5,7 +5,8 @@ Every worker that shares a listening socket is woken for each new connection, an
 corepool evens it out with a board in shared memory (an anonymous ``MAP_SHARED`` mapping the primary creates
 before any fork): each accepting worker keeps ``open connections + 1`` in its cell (0: not accepting), and a
 worker holding clearly more than the mean pauses accepting for a moment, leaving the next connections to the
-others. Reading and writing the board are memory accesses: no syscall is added to the request path.
+others. A canary also keeps to its share of accepted connections (:class:`AcceptQuota`). Reading and writing
+the board are memory accesses: no syscall is added to the request path.
 """
 
 from __future__ import annotations
@@ -24,11 +25,21 @@ def cell_of(slot: int, generation: int) -> int:
 
 
 class Board:
-    """Open-connection counts of every accepting worker."""
+    """Open-connection counts of every accepting worker, and how many connections each has accepted."""
 
     def __init__(self) -> None:
-        self._map = mmap.mmap(-1, CELLS * 8, flags=mmap.MAP_SHARED)
-        self._cells = memoryview(self._map).cast("q")
+        self._map = mmap.mmap(-1, 2 * CELLS * 8, flags=mmap.MAP_SHARED)
+        view = memoryview(self._map).cast("q")
+        self._cells, self._accepted = view[:CELLS], view[CELLS:]
+
+    def accepted(self, cell: int) -> None:
+        """A worker accepted a connection (a memory write: the request path pays no syscall)."""
+        self._accepted[cell] += 1
+
+    def accept_counts(self, cell: int) -> tuple[int, int, int]:
+        """(accepted by ``cell``, accepted by all, workers accepting now)."""
+        values = self._cells.tolist()
+        return self._accepted[cell], sum(self._accepted.tolist()), CELLS - values.count(0)
 
     def set(self, cell: int, open_connections: int | None) -> None:
         """``None``: the worker does not accept (draining or gone)."""
@@ -42,3 +53,17 @@ class Board:
             return False
         mean = (sum(values) - count) / count
         return mine > mean * SLACK + 1
+
+
+class AcceptQuota:
+    """A worker's accepts capped at its share since :meth:`start`: a canary must see no more than its share of
+    the requests (an idle worker, and a broken one answering fast is idle, wins most ``accept()`` races)."""
+
+    def __init__(self, board: Board, cell: int) -> None:
+        self.board, self.cell = board, cell
+        mine, total, _ = board.accept_counts(cell)
+        self.base_mine, self.base_total = mine, total
+
+    def over(self) -> bool:
+        mine, total, accepting = self.board.accept_counts(self.cell)
+        return accepting > 1 and (mine - self.base_mine) > (total - self.base_total) / accepting + 1

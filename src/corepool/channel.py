@@ -15,7 +15,8 @@ A message is a JSON object whose ``"t"`` names its type (w: worker, l: loader, p
                               ``connections``, ``threads``, ``busy_threads``, ...
 ``broadcast``      w → p      ``topic``, ``data``: relay to every other worker (:mod:`corepool.relay`)
 ``ping``           p → w      ``seq``
-``limit``          p → w      ``requests``: retire after this many requests (``max_requests``)
+``limit``          p → w      ``requests``: report on reaching this many requests (``max_requests``)
+``share``          p → w      ``capped``: keep to a share of accepted connections (a reload's canary)
 ``message``        p → w      ``topic``, ``data``, ``sender`` (pid): a relayed broadcast
 ``fork``           p → l      ``wid``, ``slot``, and the new worker's channel end by SCM_RIGHTS
 ``forked``         l → p      ``wid``, ``pid`` (0 when the fork failed)

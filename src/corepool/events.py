@@ -254,6 +254,14 @@ class Report:
 
 
 @dataclass(frozen=True)
+class CapShare:
+    """Worker ``wid`` keeps to its share of accepted connections (a canary while it is watched), or stops."""
+
+    wid: int
+    capped: bool
+
+
+@dataclass(frozen=True)
 class SetRequestLimit:
     """Tell worker ``wid`` to report on its own once it has served ``limit`` requests (max_requests)."""
 
@@ -287,6 +295,6 @@ class Exit:
 
 
 Action = (
-    Spawn | SpawnLoader | Signal | SignalLoader | Ping | SetRequestLimit | Report | PoolReady | ReloadStarted
+    Spawn | SpawnLoader | Signal | SignalLoader | Ping | SetRequestLimit | CapShare | Report | PoolReady | ReloadStarted
     | ReloadFinished | Exit
 )

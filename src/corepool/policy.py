@@ -29,6 +29,7 @@ from corepool import canary, recycling
 from corepool.crashpolicy import Cause, SpawnBudget, backoff
 from corepool.events import (
     Action,
+    CapShare,
     Event,
     Exit,
     HostDrainCancelled,
@@ -736,6 +737,7 @@ class Policy:
         assert roll is not None
         seconds = self.canary_rules.seconds
         roll.canary = canary.Watch(new.wid, now, now + seconds)
+        out.append(CapShare(new.wid, True))  # its share of the requests, not what an idle worker would win
         out.append(Report("canary", f"worker {self._name(new)} is the canary: watching it for {seconds:g}s "
                           "before rolling on", new.wid))
         self._ping_now(self._canary_old_workers(roll.canary), now)  # their counts at the window's start
@@ -796,6 +798,7 @@ class Policy:
             self._canary_rollback(new, f"canary: {verdict.reason}", now, out)
             return
         out.append(Report("canary", f"generation {new.generation} passed: {verdict.reason}", new.wid, fields=fields))
+        out.append(CapShare(new.wid, False))
         roll = self.roll
         assert roll is not None
         roll.canary, roll.canary_done = None, True

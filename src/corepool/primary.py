@@ -397,6 +397,10 @@ class Primary:
                 sock = self.channels.get(wid)
                 if sock is not None:
                     channel.send(sock, channel.encode("limit", requests=limit))
+            case events.CapShare(wid, capped):
+                sock = self.channels.get(wid)
+                if sock is not None:
+                    channel.send(sock, channel.encode("share", capped=capped))
             case events.Report(event, message, wid, warning, fields):
                 self._report(event, message, wid, warning, dict(fields))
             case events.PoolReady():

@@ -67,6 +67,8 @@ class WorkerLink:
         self.stats: Callable[[], dict[str, Any]] = lambda: {"requests": 0}
         # max_requests: the primary tells the worker its limit; the engine reports on its own on reaching it.
         self.on_request_limit: Callable[[int], None] = lambda _limit: None
+        # A reload's canary keeps to its share of accepted connections while it is watched.
+        self.on_share: Callable[[bool], None] = lambda _capped: None
         self.on_primary_gone: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -111,6 +113,8 @@ class WorkerLink:
             self.send("pong", seq=message.get("seq"), **self.stats())
         elif kind == "limit" and isinstance(message.get("requests"), int):
             self.on_request_limit(message["requests"])
+        elif kind == "share":
+            self.on_share(bool(message.get("capped")))
         elif kind == "message":
             self._deliver(str(message.get("topic")), message.get("data"))
 

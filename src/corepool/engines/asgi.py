@@ -27,7 +27,7 @@ from typing import Any
 import uvicorn
 
 from corepool import log, traffic
-from corepool.balance import PAUSE, Board, cell_of
+from corepool.balance import PAUSE, AcceptQuota, Board, cell_of
 from corepool.engines import Route, front, tracking, websocket
 from corepool.engines.httpfront import FrontLineProtocol
 from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
@@ -40,6 +40,15 @@ class Balancer:
         self.board, self.cell = board, cell
         self.servers: list[uvicorn.Server] = []
         self.accepting = False
+        self.quota: AcceptQuota | None = None  # while this worker is a reload's canary
+
+    def cap_share(self, capped: bool) -> None:
+        """Keep to a share of the accepted connections from now on (a canary), or stop doing so."""
+        self.quota = AcceptQuota(self.board, self.cell) if capped and self.board is not None else None
+
+    def accepted(self) -> None:
+        if self.board is not None:
+            self.board.accepted(self.cell)
 
     def open_connections(self) -> int:
         return sum(len(server.server_state.connections) for server in self.servers)
@@ -49,7 +58,9 @@ class Balancer:
             self.board.set(self.cell, self.open_connections())
 
     def over_share(self) -> bool:
-        return self.board is not None and self.board.over_share(self.open_connections())
+        if self.board is None:
+            return False
+        return self.board.over_share(self.open_connections()) or (self.quota is not None and self.quota.over())
 
     def stop(self) -> None:
         self.accepting = False
@@ -84,6 +95,7 @@ class Acceptor:
             self._pause(0.1)
             return
         conn.setblocking(False)
+        self.balancer.accepted()
         task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
@@ -282,5 +294,6 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
             t.after_request = check
 
     link.on_request_limit = on_request_limit
+    link.on_share = balancer.cap_share
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
         return runner.run(_serve_all(servers, link, stats))
