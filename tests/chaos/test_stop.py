@@ -128,10 +128,11 @@ def _fds(pid: int) -> int:
 
 
 TARGET_REPLACEMENTS = 10_000
-# 10,000 replacements do not fit in ~90 s on 2 shared cores (measured: 12-29 a second under a load average of 10,
-# 85 a second on a quieter machine), so the case churns for at most this long and reports how many fitted.
-TIME_BUDGET = 80.0
-MIN_REPLACEMENTS = 300
+# 10,000 replacements take about 120 s on an otherwise idle 2-core machine (83-85 a second; 12-29 a second under a
+# load average of 10), so the case churns until 10,000 or for at most this long, reports how many fitted, and
+# needs at least MIN_REPLACEMENTS for its bound to mean something.
+TIME_BUDGET = 130.0
+MIN_REPLACEMENTS = 1000
 
 
 def test_primary_stays_bounded_across_worker_replacements(pool_factory: Any) -> None:
