@@ -246,6 +246,8 @@ def install_in_root(sb: Sandbox, deb: Path, report: Report) -> None:
     if r.returncode != 0:
         raise Failed(f"apt-get install {deb} failed: {(r.stderr or r.stdout).strip().splitlines()[-3:]}")
     fields = sb.run("dpkg-query", "-W", "-f", "${Version} ${Architecture}; Depends: ${Depends}", "corepool").stdout
+    if "a2wsgi" in fields:
+        raise Failed(f"the package depends on a2wsgi, which corepool no longer uses: {fields}")
     report.ok(f"apt-get install {deb.name}: {fields}")
     checks = {
         "/usr/bin/corepool --version": ["/usr/bin/corepool", "--version"],
@@ -255,9 +257,11 @@ def install_in_root(sb: Sandbox, deb: Path, report: Report) -> None:
     texts = {k: (r.stdout or r.stderr).strip() for k, r in outs.items()}
     if any(r.returncode != 0 for r in outs.values()) or len(set(texts.values())) != 1:
         raise Failed(f"the command and the public module differ: {texts}")
-    where = sb.run("python3", "-c", "import corepool, uvicorn, httptools, a2wsgi, uvloop, systemd.daemon; "
+    # corepool's WSGI bridge is its own: a2wsgi must be neither bundled nor needed
+    where = sb.run("python3", "-c", "import corepool, uvicorn, httptools, uvloop, systemd.daemon, pathlib; "
+                   "assert not list(pathlib.Path('/usr/lib/corepool').glob('a2wsgi*')), 'a2wsgi is bundled'; "
                    "print(f'uvicorn {uvicorn.__version__} ({uvicorn.__file__}), httptools {httptools.__version__} "
-                   "({httptools.__file__}), a2wsgi from {a2wsgi.__file__}')", check=False)
+                   "({httptools.__file__}); a2wsgi not bundled')", check=False)
     if where.returncode != 0:
         raise Failed(f"import corepool and its engines: {where.stderr.strip().splitlines()[-1:]}")
     report.ok(f"python3 -m corepool --version = /usr/bin/corepool --version = {next(iter(texts.values()))!r}; "
