@@ -40,7 +40,8 @@ def import_all() -> None:
 
 
 def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
-    """Serve every route in this worker: HTTP routes on uvicorn (ASGI, or WSGI through its bridge), or one raw handler."""
+    """Serve every route in this worker: HTTP routes on uvicorn (ASGI, or WSGI through the bridge), or one raw
+    handler."""
     if any(route.interface == "raw" for route in routes):
         from corepool.engines import raw
 
