@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from corepool import log
+
 GOING_AWAY = 1001
 
 
@@ -25,10 +27,21 @@ def protocol_class(choice: str) -> type[Any] | None:
     if choice in ("auto", "websockets"):
         try:
             return _websockets_class()
-        except ImportError:
-            if choice == "websockets":
-                raise
-    return _wsproto_class()
+        except ImportError as exc:
+            if choice == "websockets":  # uvicorn < 0.35 (Debian 13 has 0.32) has no sans-I/O websockets protocol
+                import uvicorn
+
+                raise ImportError(f"ws = websockets needs uvicorn's sans-I/O websockets protocol (uvicorn >= 0.35; "
+                                  f"this is {uvicorn.__version__}): use ws = auto or wsproto ({exc})") from None
+    try:
+        return _wsproto_class()
+    except ImportError:
+        if choice == "wsproto":
+            raise
+    # auto, and neither implementation is importable here (an old uvicorn without wsproto): HTTP only.
+    log.event("websocket", "no WebSocket implementation available (uvicorn >= 0.35 or wsproto): WebSockets off",
+              warning=True)
+    return None
 
 
 def _websockets_class() -> type[Any]:
