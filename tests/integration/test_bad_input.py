@@ -238,12 +238,14 @@ def test_status_and_reload_without_a_pool_say_how_to_fix(command: str, tmp_path:
 
 
 def test_route_to_an_unknown_socket_name(tmp_path: Path) -> None:
-    out = corepool("serve", "corepool.demo:app", "--route", "metrics=wsgiapp:app", "--bind", f"127.0.0.1:{free_port()}",
+    out = corepool("serve", "corepool.demo:app", "--route", "admin=wsgiapp:app", "--bind", f"127.0.0.1:{free_port()}",
                    "--control", str(tmp_path / "c"))
     assert out.returncode == 2
-    assert "routes: no socket named metrics (the sockets are named http" in one_line(out)
-    out = corepool("check", "corepool.demo:app", "--route", "metrics")
-    assert out.returncode == 2 and "metrics = '' is not module:attribute" in one_line(out)
+    assert "routes: no socket named admin (the sockets are named http" in one_line(out)
+    out = corepool("check", "corepool.demo:app", "--route", "admin")
+    assert out.returncode == 2 and "admin = '' is not module:attribute" in one_line(out)
+    out = corepool("check", "corepool.demo:app", "--route", "metrics=wsgiapp:app")
+    assert out.returncode == 2 and "a socket named metrics is the pool's own metrics endpoint" in one_line(out)
 
 
 # ---- the control socket: bad clients cost the pool nothing ----------------------------------------------------
