@@ -272,8 +272,14 @@ def install_in_root(sb: Sandbox, deb: Path, report: Report) -> None:
     report.ok(f"pip check (PYTHONPATH=/usr/lib/corepool): {check.stdout.strip()}")
 
 
+# Integration tests run there too: real pools (both modes) on the root's Python, uvicorn and websockets.
+ROOT_TESTS = ("tests/unit", "tests/integration/test_pool.py", "tests/integration/test_preload.py",
+              "tests/integration/test_hooks.py", "tests/integration/test_notify.py")
+
+
 def unit_tests_in_root(sb: Sandbox, report: Report, log: Path) -> None:
-    """corepool's tests/unit on the root's Python and Debian 13's libraries (the checkout's src/)."""
+    """corepool's tests/unit and the pool's integration tests on the root's Python and Debian 13's libraries (the
+    checkout's src/)."""
     dest = sb.outside(Path("/opt/corepool-tests"))
     shutil.rmtree(dest, ignore_errors=True)
     dest.mkdir(parents=True)
@@ -287,12 +293,12 @@ def unit_tests_in_root(sb: Sandbox, report: Report, log: Path) -> None:
     # The checkout's src/ (what the tests are for) on Debian 13's Python and libraries; the private directory
     # after it for httptools, which Debian 13 has too old.
     r = sb.run("sh", "-c", "cd /opt/corepool-tests && PYTHONPATH=/opt/corepool-tests/src:/usr/lib/corepool "
-               "python3 -m pytest -q -p no:cacheprovider tests/unit", check=False, timeout=900)
+               f"python3 -m pytest -q -p no:cacheprovider {' '.join(ROOT_TESTS)}", check=False, timeout=900)
     (log / "unit-tests-in-root.log").write_text(r.stdout + r.stderr)
     summary = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
     if r.returncode != 0:
-        raise Failed(f"tests/unit with {py} in the root: {summary} (log: {log / 'unit-tests-in-root.log'})")
-    report.ok(f"tests/unit with {py} and Debian 13's libraries in the root: {summary} "
+        raise Failed(f"tests with {py} in the root: {summary} (log: {log / 'unit-tests-in-root.log'})")
+    report.ok(f"{', '.join(ROOT_TESTS)} with {py} and Debian 13's libraries in the root: {summary} "
               f"({time.monotonic() - t0:.0f} s)")
 
 

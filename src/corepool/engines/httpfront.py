@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import http
+import inspect
 from typing import TYPE_CHECKING, Any
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from corepool.settings import HttpOptions
 
@@ -47,6 +48,30 @@ class Reject(Exception):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(status, reason)
         self.status, self.reason = status, reason
+
+
+def _uvicorn_announces_close() -> bool:
+    """Whether this uvicorn sends ``Connection: close`` itself when it will close the connection after a response
+    (newer ones do; Debian 13's 0.32 closes without saying so, and a client then reuses a closed connection)."""
+    try:
+        return "has_connection_close" in inspect.getsource(RequestResponseCycle.send)
+    except (OSError, TypeError):
+        return False
+
+
+UVICORN_ANNOUNCES_CLOSE = _uvicorn_announces_close()
+
+
+class ClosingCycle(RequestResponseCycle):
+    """uvicorn's request cycle, for a uvicorn that does not announce a close: a response on a connection that will
+    close (a draining worker's) carries ``Connection: close``, so the client does not send another request on it."""
+
+    async def send(self, message: Any) -> None:
+        if not self.keep_alive and message.get("type") == "http.response.start":
+            headers = list(message.get("headers", ()))
+            if not any(bytes(name).lower() == b"connection" for name, _ in headers):
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await super().send(message)
 
 
 class FrontLineProtocol(HttpToolsProtocol):
@@ -132,6 +157,8 @@ class FrontLineProtocol(HttpToolsProtocol):
         self.body_bytes = 0
         self.reading_body = True  # until on_message_complete (at once for a request without a body)
         super().on_headers_complete()
+        if self.cycle is not None and not UVICORN_ANNOUNCES_CLOSE and type(self.cycle) is RequestResponseCycle:
+            self.cycle.__class__ = ClosingCycle
         if self.draining and self.cycle is not None:
             self.cycle.keep_alive = False
         self._arm_body_timer()
