@@ -1,4 +1,4 @@
-"""The load-balancer health endpoint: 200 while the pool serves at full capacity, 503 otherwise, with the reason.
+"""The load-balancer health endpoint: 200 while the pool serves, 503 while it starts, drains, stops or has no worker.
 
 A socket of its own — a systemd socket named ``health`` (``FileDescriptorName=health``, or
 ``--bind health=ADDR``) or the ``health_bind`` address — answered by the primary itself, never by a worker: the
