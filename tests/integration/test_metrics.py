@@ -257,11 +257,29 @@ def test_a_systemd_socket_named_metrics_serves_metrics_and_never_reaches_a_worke
         log.close()
 
 
+def _interruptible() -> None:
+    """In the watch's process, before exec: SIGINT as at a terminal. A job started in the background by a
+    non-interactive shell (as CI may be) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt
+    handler: Ctrl-C (what the test sends) would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _interrupt(proc: subprocess.Popen[Any]) -> None:
+    """Ctrl-C ends the watch cleanly (exit 0); it is killed if it does not, so the test never leaves it behind."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_status_watch_prints_plain_frames_when_not_a_tty(pool_factory: Any) -> None:
     pool = pool_factory("canary_app:app").start()
     send(pool.port, 20)
     proc = subprocess.Popen([sys.executable, "-m", "corepool", "status", "--watch", "--control", pool.control],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     frames: list[list[str]] = [[]]
     guard = threading.Timer(60, proc.kill)  # a watch that stops printing ends the read below, not the suite
     guard.start()
@@ -276,8 +294,7 @@ def test_status_watch_prints_plain_frames_when_not_a_tty(pool_factory: Any) -> N
                 frames[-1].append(line.rstrip("\n"))
     finally:
         guard.cancel()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        _interrupt(proc)
     for frame in frames[:2]:
         assert "generation 1, 2/2 workers ready" in frame[0] and "\x1b" not in "".join(frame)
         assert frame[1].split()[:8] == ["SLOT", "PID", "GEN", "STATE", "UPTIME", "REQ/S", "P99", "BUSY"]
@@ -289,7 +306,8 @@ def test_status_watch_redraws_in_place_on_a_terminal(pool_factory: Any) -> None:
     pool = pool_factory("canary_app:app").start()
     main, sub = os.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "corepool", "status", "--watch", "--control", pool.control],
-                            stdout=sub, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "140", "TERM": "xterm"})
+                            stdout=sub, stderr=subprocess.PIPE, env={**os.environ, "COLUMNS": "140", "TERM": "xterm"},
+                            preexec_fn=_interruptible)
     os.close(sub)
     guard = threading.Timer(60, proc.kill)
     guard.start()
@@ -302,8 +320,7 @@ def test_status_watch_redraws_in_place_on_a_terminal(pool_factory: Any) -> None:
             seen += chunk
     finally:
         guard.cancel()
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        _interrupt(proc)
         os.close(main)
     text = seen.decode(errors="replace")
     assert "generation 1, 2/2 workers ready" in text
