@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import re
 import threading
 import time
@@ -17,42 +16,9 @@ import pytest
 
 from corepool import channel, relay
 from tests.integration.conftest import Pool
+from tests.support import workers
 
 DROPPED = re.compile(r"(\d+) broadcasts (?:to|from) worker \d+ dropped in this burst")
-
-
-class Worker:
-    """A keep-alive connection that stays with one worker."""
-
-    def __init__(self, conn: http.client.HTTPConnection, pid: int) -> None:
-        self.conn, self.pid = conn, pid
-
-    def get(self, path: str, timeout: float = 60) -> Any:
-        self.conn.timeout = timeout
-        if self.conn.sock is not None:
-            self.conn.sock.settimeout(timeout)
-        self.conn.request("GET", path)
-        response = self.conn.getresponse()
-        data = response.read()
-        assert response.status == 200, data
-        return json.loads(data)
-
-
-def workers(port: int, count: int = 2) -> list[Worker]:
-    """One connection to each of ``count`` different workers."""
-    found: dict[int, Worker] = {}
-    for _ in range(500):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/")
-        response = conn.getresponse()
-        pid = json.loads(response.read())["pid"]
-        if pid in found:
-            conn.close()
-        else:
-            found[pid] = Worker(conn, pid)
-        if len(found) == count:
-            return list(found.values())
-    raise AssertionError(f"reached only workers {sorted(found)}")
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ loopback port: two pools stand in for two hosts, two workers each."""
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -20,7 +19,7 @@ import pytest
 
 from tests.integration.conftest import Pool
 from tests.integration.test_notify import NotifySocket
-from tests.support import APPS, Load, free_port
+from tests.support import APPS, Load, Worker, free_port, workers
 
 redis = pytest.importorskip("redis")
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -67,35 +66,6 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
-
-
-class Worker:
-    """A keep-alive connection that stays with one worker."""
-
-    def __init__(self, conn: http.client.HTTPConnection, pid: int) -> None:
-        self.conn, self.pid = conn, pid
-
-    def get(self, path: str) -> Any:
-        self.conn.request("GET", path)
-        response = self.conn.getresponse()
-        data = response.read()
-        assert response.status == 200, data
-        return json.loads(data)
-
-
-def workers(port: int, count: int = 2) -> list[Worker]:
-    found: dict[int, Worker] = {}
-    for _ in range(500):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        conn.request("GET", "/")
-        pid = json.loads(conn.getresponse().read())["pid"]
-        if pid in found:
-            conn.close()
-        else:
-            found[pid] = Worker(conn, pid)
-        if len(found) == count:
-            return list(found.values())
-    raise AssertionError(f"reached only workers {sorted(found)}")
 
 
 def host(tmp: Path, name: str, url: str, channel: str, **env: str) -> Pool:
