@@ -293,11 +293,14 @@ def unit_tests_in_root(sb: Sandbox, report: Report, log: Path) -> None:
     # The checkout's src/ (what the tests are for) on Debian 13's Python and libraries; the private directory
     # after it for httptools, which Debian 13 has too old.
     r = sb.run("sh", "-c", "cd /opt/corepool-tests && PYTHONPATH=/opt/corepool-tests/src:/usr/lib/corepool "
-               f"python3 -m pytest -q -p no:cacheprovider {' '.join(ROOT_TESTS)}", check=False, timeout=900)
+               f"python3 -m pytest -q -rfE -p no:cacheprovider {' '.join(ROOT_TESTS)}", check=False, timeout=900)
     (log / "unit-tests-in-root.log").write_text(r.stdout + r.stderr)
-    summary = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
+    lines = r.stdout.strip().splitlines() or ["(no output)"]
+    summary = lines[-1]
     if r.returncode != 0:
-        raise Failed(f"tests with {py} in the root: {summary} (log: {log / 'unit-tests-in-root.log'})")
+        # CI shows only this line: it names what failed (pytest's short summary), the log has the rest
+        failed = "; ".join(line for line in lines if line.startswith(("FAILED ", "ERROR ")))
+        raise Failed(f"tests with {py} in the root: {summary}: {failed} (log: {log / 'unit-tests-in-root.log'})")
     report.ok(f"{', '.join(ROOT_TESTS)} with {py} and Debian 13's libraries in the root: {summary} "
               f"({time.monotonic() - t0:.0f} s)")
 

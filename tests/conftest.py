@@ -6,6 +6,9 @@ machine carry another uuid or none. At the end of the session, any process still
 (other than pytest itself), and any zombie or stopped child of pytest, fails the session loudly, listed with its
 command line, then SIGKILLed. Units started by a sandbox's systemd get systemd's environment, not ours; they die
 with the sandbox's systemd, which does carry the marker.
+
+Hypothesis runs without its per-example deadline everywhere: the property tests check decisions, not speed, and
+a 200 ms deadline fails a pure example that a loaded CI machine merely paused.
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("corepool", deadline=None)
+settings.load_profile("corepool")
 
 MARKER_KEY = "COREPOOL_TEST_SESSION"
 GRACE = 10.0  # seconds for processes that are on their way out (a pool draining after its test) to go

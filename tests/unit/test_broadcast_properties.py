@@ -26,7 +26,6 @@ def _drain(sock: socket.socket) -> list[dict[str, Any]]:
         got.append(channel.decode(raw, channel.MAX_FRAME))
 
 
-@settings(deadline=None)
 @given(st.lists(st.tuples(st.floats(0, 2), st.integers(0, 5_000_000)), max_size=200))
 def test_budget_never_admits_more_than_rate_times_time_plus_burst(steps: list[tuple[float, int]]) -> None:
     budget = relay.Budget(rate=10, byte_rate=1000, messages=10, size=1000)
@@ -47,7 +46,7 @@ def test_budget_refills() -> None:
     assert not budget.take(101, 100.0), "a message larger than the whole byte budget never passes"
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40)
 @given(
     st.lists(
         st.one_of(
@@ -181,7 +180,7 @@ class _Pool:
         self.selector.close()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30)
 @given(
     st.lists(
         st.one_of(

@@ -20,14 +20,12 @@ json_values = st.recursive(
 field_names = st.text(min_size=1, max_size=12).filter(lambda k: k != "t")
 
 
-@settings(deadline=None)
 @given(st.text(max_size=20), st.dictionaries(field_names, json_values, max_size=6))
 def test_encode_decode_round_trip(kind: str, fields: dict[str, Any]) -> None:
     raw = channel.encode(kind, **fields)
     assert channel.decode(raw, max_bytes=len(raw)) == {"t": kind, **fields}
 
 
-@settings(deadline=None)
 @given(st.binary(max_size=4096))
 @example(b"[" * 60_000)  # deep nesting: RecursionError inside json
 @example(b'{"t":"x","n":' + b"1" * 5000 + b"}")  # a number over int's digit limit: ValueError
@@ -43,7 +41,7 @@ def test_decode_raises_only_channel_error(raw: bytes) -> None:
     assert isinstance(message, dict) and isinstance(message["t"], str)
 
 
-@settings(deadline=None, max_examples=50)
+@settings(max_examples=50)
 @given(st.integers(16, 200_000), st.integers(0, 300_000))
 def test_size_limit(max_bytes: int, size: int) -> None:
     raw = channel.encode("broadcast", topic="t", data="x" * size)

@@ -230,6 +230,6 @@ class PreloadMachine(PoolMachine):
 
 
 TestPoolMachine = PoolMachine.TestCase
-TestPoolMachine.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+TestPoolMachine.settings = settings(max_examples=300, stateful_step_count=60)
 TestPreloadMachine = PreloadMachine.TestCase
-TestPreloadMachine.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+TestPreloadMachine.settings = settings(max_examples=300, stateful_step_count=60)

@@ -119,7 +119,7 @@ def _as_flag(f: Field, value: Any) -> Any:
 
 
 NAMES = [f.name for f in FIELDS]
-FAST = settings(deadline=None, max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FAST = settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.mark.parametrize("name", NAMES)

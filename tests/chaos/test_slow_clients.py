@@ -1,0 +1,81 @@
+"""Slow clients (issue 10 item 3): slowloris heads and trickled bodies cost connections, never app threads or
+workers, and ordinary requests keep being answered promptly."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+import time
+from typing import Any
+
+
+def get_status(port: int) -> int:
+    """The status of one GET / on a fresh connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/", headers={"Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+_SLOW_CLIENTS = """
+import socket, sys, time
+port = int(sys.argv[1])
+slow = []
+for i in range(550):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if i < 500:  # slowloris: a head that never ends
+        sock.sendall(b"GET / HTTP/1.1\\r\\nHost: x\\r\\n")
+    else:  # a 100 MB body, 10 bytes of it
+        sock.sendall(b"POST /body HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 100000000\\r\\n\\r\\n0123456789")
+    slow.append(sock)
+print("ready", flush=True)
+while True:  # a header line / a body byte every second, inside header_timeout and body_timeout
+    for i, sock in enumerate(slow):
+        try:
+            sock.send(b"X-Slow: %d\\r\\n" % i if i < 500 else b"x")
+        except OSError:
+            pass
+    time.sleep(1)
+"""
+
+
+def test_slow_clients_cost_connections_not_availability(pool_factory: Any) -> None:
+    """500 slowloris + 50 slow-body connections for ~8 s on a 2-worker WSGI pool.
+
+    Ordinary requests must keep a p99 under 100 ms, no worker may be killed and no app thread taken. Default
+    timeouts: the slow clients stay inside them. They run in a process of their own, so their sends do not
+    compete with the measuring client for this process's GIL.
+    """
+    pool = pool_factory("http_wsgi:app", "--health-interval", "0.5", "--health-timeout", "1", workers=2).start()
+    before = pool.pids()
+    slow = subprocess.Popen([sys.executable, "-c", _SLOW_CLIENTS, str(pool.port)], stdout=subprocess.PIPE,
+                            text=True)
+    latencies: list[float] = []
+    try:
+        assert slow.stdout is not None and slow.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            start = time.monotonic()
+            status = get_status(pool.port)
+            latencies.append(time.monotonic() - start)
+            assert status == 200
+            time.sleep(0.01)
+        status_now = pool.status()  # while every slow client is still connected
+        assert slow.poll() is None  # and they were, all along
+    finally:
+        slow.terminate()
+        slow.wait(10)
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(f"slow clients: {len(latencies)} requests, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"p99 {p99 * 1000:.1f} ms")
+    assert len(latencies) > 100
+    assert p99 < 0.1, f"p99 {p99 * 1000:.1f} ms over {len(latencies)} requests"
+    assert {w["pid"] for w in status_now["workers"]} == before  # nobody was killed
+    assert sum(w["busy_threads"] for w in status_now["workers"]) == 0  # slow bodies hold no WSGI app thread
+    assert "no pong" not in pool.log()
