@@ -7,8 +7,9 @@ machine carry another uuid or none. At the end of the session, any process still
 command line, then SIGKILLed. Units started by a sandbox's systemd get systemd's environment, not ours; they die
 with the sandbox's systemd, which does carry the marker.
 
-Hypothesis runs without its per-example deadline everywhere: the property tests check decisions, not speed, and
-a 200 ms deadline fails a pure example that a loaded CI machine merely paused.
+Hypothesis runs without its timing checks everywhere (the per-example deadline and the too_slow health check):
+the property tests check decisions, not speed, and a 200 ms deadline fails a pure example that a loaded CI
+machine merely paused.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
-settings.register_profile("corepool", deadline=None)
+settings.register_profile("corepool", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("corepool")
 
 MARKER_KEY = "COREPOOL_TEST_SESSION"

@@ -119,7 +119,8 @@ def _as_flag(f: Field, value: Any) -> Any:
 
 
 NAMES = [f.name for f in FIELDS]
-FAST = settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# An explicit list replaces the profile's (tests/conftest.py), so too_slow is named again.
+FAST = settings(max_examples=25, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
 @pytest.mark.parametrize("name", NAMES)
