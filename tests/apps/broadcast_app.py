@@ -7,7 +7,7 @@ GET /flood?n=N&size=S&every=E&pause=P&start=I
 GET /big?size=S                     → one broadcast of S bytes of data on topic "big": {"pid", "ok", "encoded"}
 GET /received                       → {"pid", "flood": count, "flood_in_order": bool, "big": [sizes]}
 GET /hold?flag=PATH                 → blocks the event loop (time.sleep) until PATH exists (at most 60 s)
-GET /garbage                        → writes bytes that are not a message on this worker's channel
+GET /garbage                        → answers {"pid", "sent"}, then writes bytes that are not a message on its channel
 GET /rogue?seconds=S                → for S seconds, writes valid broadcasts straight on its channel as fast as it
                                       takes them (bypassing broadcast()'s budget): {"pid", "written"}
 """
@@ -85,8 +85,10 @@ async def app(scope, receive, send):
                 await asyncio.sleep(0)
         await _answer(send, {"pid": pid, "written": written})
     elif path == "/garbage":
+        # The answer first: the primary kills this worker as soon as it reads the garbage, and a worker killed
+        # before it answered would drop the request (the test wants the answer, then the replacement).
+        await _answer(send, {"pid": pid, "sent": True})
         sock = bus._outbox[0].sock  # the worker's end of its channel (private: this app misbehaves on purpose)
         sock.send(b"\x00garbage{not json")
-        await _answer(send, {"pid": pid, "sent": True})
     else:
         await _answer(send, {"pid": pid})
