@@ -12,7 +12,10 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
+
+TOKEN_EPSILON = 1e-9
 
 
 class Cause(enum.Enum):
@@ -55,12 +58,14 @@ class SpawnBudget:
     def take(self, now: float) -> bool:
         """Spend one fork if the budget allows it now."""
         self._refill(now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        # Refills add float seconds times a rate: 0.9999999999999996 of a token is a whole one.
+        if self.tokens >= 1.0 - TOKEN_EPSILON:
+            self.tokens = max(0.0, self.tokens - 1.0)
             return True
         return False
 
     def next_at(self, now: float) -> float:
-        """When the next fork will be allowed."""
+        """When the next fork will be allowed: always after ``now`` (a deadline that is already due would spin the
+        primary's loop)."""
         self._refill(now)
-        return now + max(0.0, 1.0 - self.tokens) / self.rate
+        return max(now + max(0.0, 1.0 - self.tokens) / self.rate, math.nextafter(now, math.inf))

@@ -298,7 +298,8 @@ class Policy:
                     times.append(w.next_ping_at)
                 if w.max_age is not None and w.ready_at is not None and self._may_recycle(w):
                     times.append(max(w.ready_at + w.max_age, w.recycle_after))
-            elif w.state is WorkerState.DRAINING and w.draining_since is not None:
+            elif (w.state is WorkerState.DRAINING and w.draining_since is not None
+                  and self.phase is not PoolPhase.STOPPING):  # stopping: stop_deadline ends every drain
                 times.append(w.draining_since + t.graceful_timeout)
         for s in self.slots.values():
             if s.retry_at is not None:

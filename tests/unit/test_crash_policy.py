@@ -67,6 +67,18 @@ def test_spawn_budget_is_a_token_bucket() -> None:
     assert b.take(100.0) and b.take(100.0) and b.take(100.0) and not b.take(100.0)
 
 
+def test_the_spawn_budget_never_asks_to_wait_until_now() -> None:
+    """Float refills leave 0.9999999999999996 of a token: that is a whole one, and a wait is always in the
+    future (a retry_at equal to now made the policy's next deadline "now": a busy loop in the primary)."""
+    b = crashpolicy.SpawnBudget(rate=1.0, burst=2.0)
+    b.take(0.0), b.take(0.0)
+    b.tokens = 1.0 - 4e-16
+    assert b.take(0.0)
+    assert b.next_at(1e6) > 1e6
+    b.tokens, b.updated = 0.0, 1e6
+    assert b.next_at(1e6) == pytest.approx(1e6 + 1.0)
+
+
 def test_an_overdue_request_replaces_its_worker_surge_first() -> None:
     h = harness(workers=1, limits=recycling.Limits(request_timeout=30.0), health_interval=10, health_timeout=5)
     h.start()

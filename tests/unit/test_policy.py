@@ -279,6 +279,20 @@ def test_scale_up_and_down() -> None:
     assert not kinds(h.feed(ev.ScaleRequested(-1, 3.0)), ev.Signal), "never below one worker"
 
 
+def test_a_stop_during_a_scale_down_drain_never_sets_a_deadline_in_the_past() -> None:
+    """A worker draining since a scale-down, then a stop: the stop's deadline ends its drain. (Its own
+    graceful_timeout deadline stayed in next_deadline() although the stop skips it: the primary's select timeout
+    was 0 from that moment to the stop deadline, a busy loop; found by the property test.)"""
+    h = Harness(workers=3, graceful_timeout=3)
+    h.start()
+    h.ready_all()
+    h.feed(ev.ScaleRequested(-1, 0.0))
+    h.at(2.0)
+    h.feed(ev.StopRequested(2.0))
+    h.at(3.0)
+    assert h.policy.next_deadline() == 5.0  # the stop's graceful_timeout, not the drain's (3.0, now)
+
+
 def test_scale_during_reload_waits_for_the_reload() -> None:
     h = Harness(workers=1)
     h.start()
