@@ -163,6 +163,9 @@ class Roll:
     # Retired workers that may still accept: the roll is over only when none is left, so that a client
     # connecting after `corepool reload --wait` returned always reaches the new generation.
     retiring: set[int] = field(default_factory=set)
+    # A canary judged worse: the reload fails with this reason once the canary stopped accepting (the same
+    # promise, the other way round: after a rolled-back reload returned, only the old generation answers).
+    failed: str | None = None
     # canary_seconds: the first new worker is watched before the roll goes on (corepool.canary).
     canary: canary.Watch | None = None
     canary_done: bool = False
@@ -625,7 +628,10 @@ class Policy:
         roll = self.roll
         if roll is not None and wid in roll.retiring:
             roll.retiring.discard(wid)
-            if roll.booting_wid is None and not roll.pending_slots:
+            if roll.failed is not None:
+                if not roll.retiring:
+                    self._roll_failed(roll.failed, now, out)
+            elif roll.booting_wid is None and not roll.pending_slots:
                 self._roll_next(now, out)
 
     def _backoff(self, failures: int) -> float:
@@ -654,8 +660,8 @@ class Policy:
     def _roll_next(self, now: float, out: list[Action]) -> None:
         roll = self.roll
         assert roll is not None
-        if roll.canary is not None:
-            return  # paused while the canary is watched
+        if roll.canary is not None or roll.failed is not None:
+            return  # paused while the canary is watched, or while a rolled-back canary drains
         while roll.booting_wid is None and roll.pending_slots:
             index = roll.pending_slots[0]
             if index not in self.slots:
@@ -812,6 +818,8 @@ class Policy:
         roll.canary, roll.canary_done = None, True
         if w.wid in self.workers and w.kill_reason is None:
             self._retire(w, now, "canary rolled back", out, Cause.RELOAD)
+            roll.failed = reason  # the reload fails when the canary has stopped accepting (_stopped_accepting)
+            return
         self._roll_failed(reason, now, out)
 
     # -------------------------------------------------------------------------------------------- scale

@@ -211,9 +211,14 @@ def test_a_failing_canary_is_drained_and_the_reload_fails_with_the_figures() -> 
     old = h.running()
     new = h.reload_to_canary()
     out = watch(h, old, new, served(ok=400), served(errors=200))
+    assert [(a.wid, a.signum) for a in kinds(out, ev.Signal)] == [(new, signal.SIGTERM)]
+    # The reload fails only once the canary has stopped accepting: after `reload --wait` returned, a client
+    # never reaches the rolled-back generation.
+    assert not kinds(out, ev.ReloadFinished) and h.policy.roll is not None
+    assert h.policy.next_deadline() is not None, "its graceful_timeout bounds the wait"
+    out += h.drained()
     (finished,) = kinds(out, ev.ReloadFinished)
     assert not finished.ok and "canary: 5xx rate 100.0%" in finished.reason and "(200/200)" in finished.reason
-    assert [(a.wid, a.signum) for a in kinds(out, ev.Signal)] == [(new, signal.SIGTERM)]
     assert not kinds(out, ev.Spawn), "the old workers never stopped serving"
     assert sorted(h.ready()) == sorted(old)
     assert h.policy.generation == 1 and h.policy.roll is None
@@ -240,8 +245,9 @@ def test_a_worker_that_never_reports_leaves_the_judgement_to_the_deadline() -> N
     assert h.policy.roll is not None and h.policy.roll.canary is not None, "waits for the old worker's counts"
     assert h.policy.next_deadline() == h.now + 5.0
     out = h.at(h.now + 5.0)
-    (finished,) = kinds(out, ev.ReloadFinished)
-    assert not finished.ok
+    assert not kinds(out, ev.ReloadFinished), "not before the canary stopped accepting"
+    (finished,) = kinds(h.exit(new, clean=True, description="exit code 0"), ev.ReloadFinished)
+    assert not finished.ok  # a canary that exits without reporting its drain ends the wait too
 
 
 def test_without_canary_seconds_the_roll_never_pauses() -> None:
