@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,3 +153,15 @@ def workers(port: int, count: int = 2) -> list[Worker]:
         if len(found) == count:
             return list(found.values())
     raise AssertionError(f"reached only workers {sorted(found)}")
+
+
+@contextlib.contextmanager
+def held_workers(port: int, count: int = 2) -> Iterator[list[Worker]]:
+    """:func:`workers`, closed at the end of the block: with a long ``keepalive_timeout`` (so that an idle
+    connection stays with its worker through slow waits), an open one would hold a draining worker that long."""
+    found = workers(port, count)
+    try:
+        yield found
+    finally:
+        for w in found:
+            w.conn.close()

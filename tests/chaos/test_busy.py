@@ -19,8 +19,10 @@ def test_slow_wsgi_requests_are_busy_not_dead(pool_factory: Any) -> None:
     started = time.monotonic()
     with Clients(pool.port, keepalive=2, fresh=2) as load:
         slow = Clients(pool.port, path="/slow?s=8", keepalive=0, fresh=12, count=1, timeout=30).start()
-        time.sleep(2)
-        (busy,) = status(pool.control)["workers"]  # status shows how busy the worker is (issue 8 item 2)
+        # status shows how busy the worker is (issue 8 item 2): all 12 slow requests, once they are in
+        deadline = time.monotonic() + 6  # well inside their 8 s
+        while (busy := status(pool.control)["workers"][0])["inflight"] < 12 and time.monotonic() < deadline:
+            time.sleep(0.1)
         tally_slow = slow.join(40)
     tally = load.stop()
     after = wait_settled(pool.control)

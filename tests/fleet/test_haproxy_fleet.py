@@ -83,6 +83,9 @@ defaults
     timeout connect 2s
     timeout client 30s
     timeout server 30s
+    # Without it a check times out after `inter` (200 ms): one late answer from a busy primary would count as a
+    # failed check. A check that fails here is a 503, never a slow machine.
+    timeout check 2s
     # A request that found a server connection closed under it (an idle keep-alive connection a worker
     # closed as it drained) is retried, on another server if need be: GETs only, as HAProxy does by default.
     retries 3

@@ -18,7 +18,7 @@ import pytest
 
 from corepool.control import MAX_CLIENTS, MAX_REQUEST
 from tests.integration.conftest import Pool
-from tests.support import APPS, free_port
+from tests.support import APPS, free_port, held_workers
 
 
 def corepool(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -369,17 +369,16 @@ def test_status_into_a_closed_pipe_exits_quietly(pool: Pool) -> None:
 
 
 def test_a_worker_writing_garbage_on_its_channel_is_replaced(tmp_path: Path) -> None:
-    from tests.integration.test_broadcast import workers
-
-    pool = Pool(tmp_path, "broadcast_app:app")
+    # A long keep-alive: the connection to the good worker stays with it while the bad one is replaced.
+    pool = Pool(tmp_path, "broadcast_app:app", "--keepalive-timeout", "300")
     try:
         pool.start()
-        bad, good = workers(pool.port)
-        assert bad.get("/garbage")["sent"]
-        status = pool.wait_for(lambda s: bad.pid not in {w["pid"] for w in s["workers"]}
-                               and s["workers_ready"] == s["workers_wanted"], what="the bad worker replaced")
-        assert good.pid in {w["pid"] for w in status["workers"]}, "the other worker was not touched"
-        assert good.get("/")["pid"] == good.pid and status["phase"] == "running"
+        with held_workers(pool.port) as (bad, good):
+            assert bad.get("/garbage")["sent"]
+            status = pool.wait_for(lambda s: bad.pid not in {w["pid"] for w in s["workers"]}
+                                   and s["workers_ready"] == s["workers_wanted"], what="the bad worker replaced")
+            assert good.pid in {w["pid"] for w in status["workers"]}, "the other worker was not touched"
+            assert good.get("/")["pid"] == good.pid and status["phase"] == "running"
         assert "not JSON" in pool.log()
     finally:
         pool.close()

@@ -244,7 +244,8 @@ def test_a_stop_with_an_idle_keepalive_connection_ends_after_keepalive_timeout(p
 
 
 def test_a_request_sent_on_an_idle_connection_during_a_drain_is_answered_with_close(pool_factory: Any) -> None:
-    pool = pool_factory(APPS["wsgi"], "--keepalive-timeout", "5", workers=1).start()
+    # Long enough that the connection outlives a reload on a loaded machine: the drain starts its own timer.
+    pool = pool_factory(APPS["wsgi"], "--keepalive-timeout", "60", workers=1).start()
     conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
     conn.request("GET", "/")
     first = conn.getresponse()

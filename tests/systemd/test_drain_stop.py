@@ -35,7 +35,7 @@ def test_systemctl_stop_drains_the_host_first(sandbox_factory: SandboxFactory, c
     pool = install(sb, corepool_venv)
     hport = free_port()
     config = sb.state_dir / "files" / "etc" / f"{NAME}.toml"
-    sb.write_file(f"etc/{NAME}.toml", config.read_text() + f'health_bind = "127.0.0.1:{hport}"\ndrain_seconds = 3.0\n')
+    sb.write_file(f"etc/{NAME}.toml", config.read_text() + f'health_bind = "127.0.0.1:{hport}"\ndrain_seconds = 6.0\n')
     sb.systemctl("start", SOCKET)
     activate(pool)
     assert health(hport) == (200, "ok: 2/2 workers ready, generation 1")
@@ -67,7 +67,7 @@ def test_systemctl_stop_drains_the_host_first(sandbox_factory: SandboxFactory, c
     assert sb.show(SERVICE, "ActiveState") == "inactive"
     assert sb.show(SERVICE, "Result") == "success"
     assert sb.unit_pids(SERVICE) == []
-    assert any("SIGTERM: draining the host for 3s" in e.get("MESSAGE", "") for e in sb.journal(SERVICE))
+    assert any("SIGTERM: draining the host for 6s" in e.get("MESSAGE", "") for e in sb.journal(SERVICE))
 
 
 def test_a_health_socket_from_systemd_starts_the_pool_and_outlives_its_primary(

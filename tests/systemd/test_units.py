@@ -368,7 +368,7 @@ def test_stop_drains_slow_request(pool: Pool) -> None:
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.5)  # in flight
+    wait(pool.sb, lambda: sum(w["inflight"] for w in pool.status()["workers"]) == 1 or None, 10, "it in flight")
     start = time.monotonic()
     pool.sb.systemctl("stop", SERVICE, timeout=30)
     took = time.monotonic() - start
