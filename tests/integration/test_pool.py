@@ -372,9 +372,11 @@ def test_sighup_rereads_the_config_and_a_bad_one_keeps_the_pool_running(pool_fac
 def test_idle_keepalive_connection_survives_a_reload_and_is_closed_politely(pool_factory: Any) -> None:
     import http.client
 
-    pool = pool_factory("corepool.demo:app", "--keepalive-timeout", "3", workers=1).start()
-    conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
-    idle = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=10)
+    # keepalive_timeout: longer than a reload on a loaded machine (the idle timer runs from the first answer
+    # until the drain restarts it), well under graceful_timeout (30 s) and the clients' timeout.
+    pool = pool_factory("corepool.demo:app", "--keepalive-timeout", "8", workers=1).start()
+    conn = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=20)
+    idle = http.client.HTTPConnection("127.0.0.1", pool.port, timeout=20)
     for c in (conn, idle):
         c.request("GET", "/")
         first = c.getresponse()
