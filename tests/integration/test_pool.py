@@ -408,7 +408,9 @@ def test_status_reports_fresh_request_counts(pool_factory: Any) -> None:
     pool = pool_factory("corepool.demo:app", workers=2).start()  # health_interval stays at 10 s
     for _ in range(7):
         get_json(pool.port)
-    status = pool.status()
+    # Each status pings the workers for fresh counts (waiting briefly for the pongs); within 5 s, well before the
+    # next regular ping, only those pings can have brought them.
+    status = pool.wait_for(lambda s: s["requests"] == 7, 5, "fresh counts")
     assert status["requests"] == 7
     assert sum(w["requests"] for w in status["workers"]) == 7
     assert all(w["last_pong_ago"] is not None for w in status["workers"])
