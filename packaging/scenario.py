@@ -274,6 +274,7 @@ def install_in_root(sb: Sandbox, deb: Path, report: Report) -> None:
 
 # Integration tests run there too: real pools (both modes) on the root's Python, uvicorn and websockets.
 ROOT_TESTS = ("tests/unit", "tests/integration/test_pool.py", "tests/integration/test_preload.py",
+              "tests/integration/test_websocket.py",
               "tests/integration/test_hooks.py", "tests/integration/test_notify.py")
 
 

@@ -1,10 +1,16 @@
-"""An ASGI app for the front-line tests: who the client is, bodies, errors and a WebSocket echo."""
+"""An ASGI app for the front-line tests: who the client is, bodies, errors and a WebSocket echo.
+
+``/ws?hold=DIR`` holds the WebSocket's opening handshake: it creates DIR/arrived, then accepts once DIR/go exists.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 
 async def _json(send: Any, data: dict[str, Any], status: int = 200) -> None:
@@ -52,6 +58,11 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def _websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
     assert (await receive())["type"] == "websocket.connect"
+    hold = parse_qs(scope.get("query_string", b"").decode()).get("hold")
+    if hold:
+        (Path(hold[0]) / "arrived").touch()
+        while not (Path(hold[0]) / "go").exists():
+            await asyncio.sleep(0.01)
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.send", "text": json.dumps(_who(scope))})
     while True:

@@ -10,6 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +19,30 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 APP = "http_asgi:app"
+
+
+def _uvicorn_has(module: str, attribute: str | None = None) -> bool:
+    try:
+        found = __import__(f"uvicorn.protocols.websockets.{module}", fromlist=["_"])
+    except ImportError:
+        return False
+    return attribute is None or any(hasattr(cls, attribute) for cls in vars(found).values() if isinstance(cls, type))
+
+
+# uvicorn < 0.35 (Debian 13 has 0.32): no sans-I/O websockets protocol (ws = websockets is refused there, auto
+# takes wsproto), and its wsproto protocol sends no pings.
+SANSIO = _uvicorn_has("websockets_sansio_impl")
+WSPROTO_PINGS = _uvicorn_has("wsproto_impl", "start_keepalive")
+
+
+def needs(impl: str, pings: bool = False) -> None:
+    """Skip a case this uvicorn cannot serve."""
+    if impl == "wsproto":
+        pytest.importorskip("wsproto")
+        if pings and not WSPROTO_PINGS:
+            pytest.skip("this uvicorn's wsproto protocol sends no pings (uvicorn < 0.35)")
+    elif not SANSIO:
+        pytest.skip("this uvicorn has no sans-I/O websockets protocol (uvicorn < 0.35)")
 
 
 @pytest.fixture
@@ -47,7 +73,7 @@ def test_websocket_echo_and_max_size(pool_factory: Any) -> None:
 
 
 def test_wsproto_is_available_as_the_alternative(pool_factory: Any) -> None:
-    pytest.importorskip("wsproto")
+    needs("wsproto")
     pool = pool_factory(APP, "--ws", "wsproto", workers=1).start()
 
     async def run() -> None:
@@ -63,8 +89,7 @@ def test_wsproto_is_available_as_the_alternative(pool_factory: Any) -> None:
 
 @pytest.mark.parametrize("impl", ["websockets", "wsproto"])
 def test_a_stop_closes_open_websockets_with_1001(pool_factory: Any, impl: str) -> None:
-    if impl == "wsproto":
-        pytest.importorskip("wsproto")
+    needs(impl)
     pool = pool_factory(APP, "--ws", impl, "--graceful-timeout", "60", workers=2).start()
 
     async def run() -> list[tuple[int | None, bool]]:
@@ -156,8 +181,7 @@ def _frames(data: bytes) -> list[tuple[int, bytes]]:
 
 @pytest.mark.parametrize("impl", ["websockets", "wsproto"])
 def test_a_peer_that_never_answers_pings_is_closed_after_ws_ping_timeout(pool_factory: Any, impl: str) -> None:
-    if impl == "wsproto":
-        pytest.importorskip("wsproto")
+    needs(impl, pings=True)
     pool = pool_factory(APP, "--ws", impl, "--ws-ping-interval", "0.3", "--ws-ping-timeout", "0.3", workers=1).start()
     with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as sock:
         sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -172,3 +196,78 @@ def test_a_peer_that_never_answers_pings_is_closed_after_ws_ping_timeout(pool_fa
     assert 0x9 in opcodes  # pinged (within 10 s: ws_ping_interval was applied, not the 20 s default)
     closes = [payload for opcode, payload in _frames(rest) if opcode == 0x8]
     assert closes and int.from_bytes(closes[0][:2], "big") == 1011  # "keepalive ping timeout"
+
+
+def _read_head(stream: Any) -> tuple[bytes, dict[bytes, bytes]]:
+    status = stream.readline()
+    headers = {}
+    while (line := stream.readline()) not in (b"\r\n", b""):
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers
+
+
+def _read_frame(stream: Any) -> tuple[int, bytes]:
+    """One unmasked frame from the server: (opcode, payload)."""
+    first, second = stream.read(2)
+    length = second & 0x7F
+    if length == 126:
+        length = int.from_bytes(stream.read(2), "big")
+    elif length == 127:
+        length = int.from_bytes(stream.read(8), "big")
+    return first & 0x0F, stream.read(length)
+
+
+def test_a_websocket_opened_on_a_draining_worker_is_opened_then_closed_with_1001(pool_factory: Any) -> None:
+    """An idle keep-alive connection of a draining worker may still carry one request: when that request is a
+    WebSocket upgrade, the WebSocket opens (the app sees it) and is closed with 1001 at once, like every other
+    WebSocket of that worker, instead of living until graceful_timeout and a reset."""
+    pool = pool_factory(APP, "--keepalive-timeout", "30", workers=1).start()
+    with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers = _read_head(stream)
+        assert status.startswith(b"HTTP/1.1 200 ")
+        old = json.loads(stream.read(int(headers[b"content-length"])))["pid"]
+        assert pool.ctl("reload", "--wait").returncode == 0  # our idle connection's worker is draining
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        status, _ = _read_head(stream)
+        assert status.startswith(b"HTTP/1.1 101 "), status
+        opcode, payload = _read_frame(stream)
+        assert opcode == 0x1 and json.loads(payload)["pid"] == old  # the app's first message, from the old worker
+        opcode, payload = _read_frame(stream)  # then, at once, the close
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1001, (opcode, payload)
+        mask = b"\x01\x02\x03\x04"
+        code = (1001).to_bytes(2, "big")
+        sock.sendall(b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code)))
+        assert stream.read(1) == b""  # the closing handshake completed: a clean close, no reset
+
+
+def test_a_websocket_still_opening_when_its_worker_drains_is_opened_then_closed_with_1001(
+    pool_factory: Any, tmp_path: Path
+) -> None:
+    """A drain that finds a WebSocket's opening handshake unfinished (the app has not accepted yet): it opens when
+    the app accepts and is closed with 1001 at once — not answered 500, which a client sees as a failed
+    connection during a reload."""
+    pool = pool_factory(APP, workers=1).start()
+    with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as sock:
+        stream = sock.makefile("rb")
+        sock.sendall(f"GET /ws?hold={tmp_path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "arrived").exists():
+            assert time.monotonic() < deadline, "the app never saw the WebSocket"
+            time.sleep(0.01)
+        assert pool.ctl("reload", "--wait").returncode == 0  # its worker drains while the app holds the handshake
+        (tmp_path / "go").touch()
+        status, _ = _read_head(stream)
+        assert status.startswith(b"HTTP/1.1 101 "), status
+        opcode, payload = _read_frame(stream)
+        assert opcode == 0x1 and json.loads(payload)["generation"] == 1
+        opcode, payload = _read_frame(stream)
+        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1001, (opcode, payload)
+        mask = b"\x01\x02\x03\x04"
+        code = (1001).to_bytes(2, "big")
+        sock.sendall(b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code)))
+        assert stream.read(1) == b""

@@ -214,11 +214,11 @@ async def _serve_all(
             # only once no retired worker can take a new connection.
             server.stop_accepting()
             server.should_exit = True
-            # Mark every HTTP connection as draining now, not at uvicorn's next tick: a request that arrives
-            # after the primary heard "draining" must be answered with Connection: close.
+            # Every connection drains now, not at uvicorn's next tick: a request that arrives after the primary
+            # heard "draining" must be answered with Connection: close, and a WebSocket still opening then must
+            # be closed with 1001 once open (corepool.engines.websocket), like the others.
             for connection in list(server.server_state.connections):
-                if isinstance(connection, FrontLineProtocol):
-                    connection.shutdown()
+                connection.shutdown()
         link.send("draining")
 
     loop.add_signal_handler(signal.SIGTERM, drain)

@@ -132,6 +132,10 @@ class FrontLineProtocol(HttpToolsProtocol):
                 self._cancel_body_timer()
                 self.reading_body = False
                 self.handle_websocket_upgrade()
+                websocket: Any = self.transport.get_protocol()
+                if self.draining and websocket is not self:
+                    # The drain's passes are over: this one goes away like every other WebSocket of the worker.
+                    websocket.shutdown()
             else:
                 self._unsupported_upgrade_warning()
             return
