@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import resource
 import signal
@@ -165,37 +166,10 @@ def test_a_thousand_websockets_across_a_rolling_reload(pool_factory: Any) -> Non
     assert len(codes) >= clients and set(codes) == {1001}
 
 
-def _frames(data: bytes) -> list[tuple[int, bytes]]:
-    """(opcode, payload) of each whole unmasked server frame in ``data``."""
-    frames, i = [], 0
-    while i + 2 <= len(data):
-        opcode, length, i = data[i] & 0x0F, data[i + 1] & 0x7F, i + 2
-        if length == 126:
-            length, i = int.from_bytes(data[i:i + 2], "big"), i + 2
-        elif length == 127:
-            length, i = int.from_bytes(data[i:i + 8], "big"), i + 8
-        frames.append((opcode, data[i:i + length]))
-        i += length
-    return frames
-
-
-@pytest.mark.parametrize("impl", ["websockets", "wsproto"])
-def test_a_peer_that_never_answers_pings_is_closed_after_ws_ping_timeout(pool_factory: Any, impl: str) -> None:
-    needs(impl, pings=True)
-    pool = pool_factory(APP, "--ws", impl, "--ws-ping-interval", "0.3", "--ws-ping-timeout", "0.3", workers=1).start()
-    with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as sock:
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        data = b""
-        with contextlib.suppress(ConnectionResetError):
-            while chunk := sock.recv(65536):  # never a pong: read until the server gives up on us
-                data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101 "), head
-    opcodes = [opcode for opcode, _ in _frames(rest)]
-    assert 0x9 in opcodes  # pinged (within 10 s: ws_ping_interval was applied, not the 20 s default)
-    closes = [payload for opcode, payload in _frames(rest) if opcode == 0x8]
-    assert closes and int.from_bytes(closes[0][:2], "big") == 1011  # "keepalive ping timeout"
+def _upgrade(path: str = "/ws") -> bytes:
+    """A WebSocket opening handshake request, written by hand (the tests below need the raw connection)."""
+    return (f"GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
 def _read_head(stream: Any) -> tuple[bytes, dict[bytes, bytes]]:
@@ -208,14 +182,59 @@ def _read_head(stream: Any) -> tuple[bytes, dict[bytes, bytes]]:
 
 
 def _read_frame(stream: Any) -> tuple[int, bytes]:
-    """One unmasked frame from the server: (opcode, payload)."""
-    first, second = stream.read(2)
+    """One unmasked frame from the server: (opcode, payload); (-1, b"") at the end of the stream."""
+    head = stream.read(2)
+    if len(head) < 2:
+        return -1, b""
+    first, second = head
     length = second & 0x7F
     if length == 126:
         length = int.from_bytes(stream.read(2), "big")
     elif length == 127:
         length = int.from_bytes(stream.read(8), "big")
     return first & 0x0F, stream.read(length)
+
+
+def _frames(data: bytes) -> list[tuple[int, bytes]]:
+    """(opcode, payload) of each unmasked server frame in ``data``."""
+    stream, frames = io.BytesIO(data), []
+    while (frame := _read_frame(stream))[0] != -1:
+        frames.append(frame)
+    return frames
+
+
+def _first_message_then_going_away(sock: socket.socket, stream: Any) -> Any:
+    """After an upgrade request: 101, the app's first message (returned, decoded), then at once a close frame
+    with 1001; answering it ends the connection cleanly (the closing handshake completes, no reset)."""
+    status, _ = _read_head(stream)
+    assert status.startswith(b"HTTP/1.1 101 "), status
+    opcode, payload = _read_frame(stream)
+    assert opcode == 0x1, (opcode, payload)
+    opcode, close = _read_frame(stream)
+    assert opcode == 0x8 and int.from_bytes(close[:2], "big") == 1001, (opcode, close)
+    mask, code = b"\x01\x02\x03\x04", (1001).to_bytes(2, "big")
+    sock.sendall(b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code)))
+    assert stream.read(1) == b""
+    return json.loads(payload)
+
+
+@pytest.mark.parametrize("impl", ["websockets", "wsproto"])
+def test_a_peer_that_never_answers_pings_is_closed_after_ws_ping_timeout(pool_factory: Any, impl: str) -> None:
+    needs(impl, pings=True)
+    pool = pool_factory(APP, "--ws", impl, "--ws-ping-interval", "0.3", "--ws-ping-timeout", "0.3", workers=1).start()
+    with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as sock:
+        sock.sendall(_upgrade())
+        data = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65536):  # never a pong: read until the server gives up on us
+                data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    opcodes = [opcode for opcode, _ in _frames(rest)]
+    assert 0x9 in opcodes  # pinged (within 10 s: ws_ping_interval was applied, not the 20 s default)
+    closes = [payload for opcode, payload in _frames(rest) if opcode == 0x8]
+    assert closes and int.from_bytes(closes[0][:2], "big") == 1011  # "keepalive ping timeout"
+
 
 
 def test_a_websocket_opened_on_a_draining_worker_is_opened_then_closed_with_1001(pool_factory: Any) -> None:
@@ -230,18 +249,8 @@ def test_a_websocket_opened_on_a_draining_worker_is_opened_then_closed_with_1001
         assert status.startswith(b"HTTP/1.1 200 ")
         old = json.loads(stream.read(int(headers[b"content-length"])))["pid"]
         assert pool.ctl("reload", "--wait").returncode == 0  # our idle connection's worker is draining
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        status, _ = _read_head(stream)
-        assert status.startswith(b"HTTP/1.1 101 "), status
-        opcode, payload = _read_frame(stream)
-        assert opcode == 0x1 and json.loads(payload)["pid"] == old  # the app's first message, from the old worker
-        opcode, payload = _read_frame(stream)  # then, at once, the close
-        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1001, (opcode, payload)
-        mask = b"\x01\x02\x03\x04"
-        code = (1001).to_bytes(2, "big")
-        sock.sendall(b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code)))
-        assert stream.read(1) == b""  # the closing handshake completed: a clean close, no reset
+        sock.sendall(_upgrade())
+        assert _first_message_then_going_away(sock, stream)["pid"] == old  # served by the old worker
 
 
 def test_a_websocket_still_opening_when_its_worker_drains_is_opened_then_closed_with_1001(
@@ -253,21 +262,11 @@ def test_a_websocket_still_opening_when_its_worker_drains_is_opened_then_closed_
     pool = pool_factory(APP, workers=1).start()
     with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as sock:
         stream = sock.makefile("rb")
-        sock.sendall(f"GET /ws?hold={tmp_path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+        sock.sendall(_upgrade(f"/ws?hold={tmp_path}"))
         deadline = time.monotonic() + 10
         while not (tmp_path / "arrived").exists():
             assert time.monotonic() < deadline, "the app never saw the WebSocket"
             time.sleep(0.01)
         assert pool.ctl("reload", "--wait").returncode == 0  # its worker drains while the app holds the handshake
         (tmp_path / "go").touch()
-        status, _ = _read_head(stream)
-        assert status.startswith(b"HTTP/1.1 101 "), status
-        opcode, payload = _read_frame(stream)
-        assert opcode == 0x1 and json.loads(payload)["generation"] == 1
-        opcode, payload = _read_frame(stream)
-        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 1001, (opcode, payload)
-        mask = b"\x01\x02\x03\x04"
-        code = (1001).to_bytes(2, "big")
-        sock.sendall(b"\x88\x82" + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(code)))
-        assert stream.read(1) == b""
+        assert _first_message_then_going_away(sock, stream)["generation"] == 1
