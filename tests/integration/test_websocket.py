@@ -88,6 +88,14 @@ def test_wsproto_is_available_as_the_alternative(pool_factory: Any) -> None:
     assert pool.wait_exit() == 0
 
 
+def test_a_ws_ping_interval_the_protocol_cannot_honour_is_said_at_start(pool_factory: Any) -> None:
+    """uvicorn < 0.35's wsproto protocol sends no pings: the worker says ws_ping_interval has no effect (and says
+    nothing where it does)."""
+    needs("wsproto")
+    pool = pool_factory(APP, "--ws", "wsproto", workers=1).start()
+    assert ("ws_ping_interval (20s) has no effect" in pool.log()) is not WSPROTO_PINGS, pool.log()
+
+
 @pytest.mark.parametrize("impl", ["websockets", "wsproto"])
 def test_a_stop_closes_open_websockets_with_1001(pool_factory: Any, impl: str) -> None:
     needs(impl)

@@ -158,7 +158,7 @@ class PoolServer(uvicorn.Server):
 def make_config(app: Any, spec: WorkerSpec, wsgi: bool = False) -> uvicorn.Config:
     """uvicorn's settings for one route; a WSGI route (the bridge) gets no lifespan and no WebSockets."""
     options = spec.http
-    ws = None if wsgi else websocket.protocol_class(options.ws)
+    ws = None if wsgi else websocket.protocol_class(options.ws, options.ws_ping_interval)
     return uvicorn.Config(
         app,
         interface="asgi3" if wsgi else "auto",

@@ -25,8 +25,9 @@ OPEN_GRACE = 1.0  # seconds a WebSocket opened during a drain stays open if its 
 CLOSE_TIMEOUT = 5.0  # seconds to wait for the client's close frame, where uvicorn has no close timeout
 
 
-def protocol_class(choice: str) -> type[Any] | None:
-    """The uvicorn WebSocket protocol class for the ``ws`` setting (None: WebSockets off)."""
+def protocol_class(choice: str, ping_interval: float = 0.0) -> type[Any] | None:
+    """The uvicorn WebSocket protocol class for the ``ws`` setting (None: WebSockets off); says so when it cannot
+    honour ``ws_ping_interval``."""
     if choice == "none":
         return None
     if choice in ("auto", "websockets"):
@@ -39,10 +40,15 @@ def protocol_class(choice: str) -> type[Any] | None:
                 raise ImportError(f"ws = websockets needs uvicorn's sans-I/O websockets protocol (uvicorn >= 0.35; "
                                   f"this is {uvicorn.__version__}): use ws = auto or wsproto ({exc})") from None
     try:
-        return _wsproto_class()
+        cls = _wsproto_class()
     except ImportError:
         if choice == "wsproto":
             raise
+    else:
+        if ping_interval and not hasattr(cls, "start_keepalive"):
+            log.event("websocket", f"ws_ping_interval ({ping_interval:g}s) has no effect: this uvicorn's wsproto "
+                      "protocol sends no pings (uvicorn >= 0.35 does)", warning=True)
+        return cls
     # auto, and neither implementation is importable here (an old uvicorn without wsproto): HTTP only.
     log.event("websocket", "no WebSocket implementation available (uvicorn >= 0.35 or wsproto): WebSockets off",
               warning=True)
