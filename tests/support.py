@@ -165,3 +165,15 @@ def held_workers(port: int, count: int = 2) -> Iterator[list[Worker]]:
     finally:
         for w in found:
             w.conn.close()
+
+
+def request(port: int, method: str = "GET", path: str = "/", body: bytes | None = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One request on a fresh connection: (status, headers with lower-case names, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()

@@ -3,24 +3,12 @@ workers, and ordinary requests keep being answered promptly."""
 
 from __future__ import annotations
 
-import http.client
 import subprocess
 import sys
 import time
 from typing import Any
 
-
-def get_status(port: int) -> int:
-    """The status of one GET / on a fresh connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", "/", headers={"Connection": "close"})
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
+from tests.support import request
 
 _SLOW_CLIENTS = """
 import socket, sys, time
@@ -61,7 +49,7 @@ def test_slow_clients_cost_connections_not_availability(pool_factory: Any) -> No
         deadline = time.monotonic() + 8
         while time.monotonic() < deadline:
             start = time.monotonic()
-            status = get_status(pool.port)
+            status, _, _ = request(pool.port, headers={"Connection": "close"})
             latencies.append(time.monotonic() - start)
             assert status == 200
             time.sleep(0.01)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import get_json
+from tests.support import get_json, request
 
 APPS = {"asgi": "http_asgi:app", "wsgi": "http_wsgi:app"}
 
@@ -50,17 +50,6 @@ def read_until_closed(sock: socket.socket, limit: int = 1 << 20) -> bytes:
     except ConnectionResetError:
         pass
     return data
-
-
-def request(port: int, method: str = "GET", path: str = "/", body: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
 
 
 # 3. Limits and timeouts.

@@ -106,4 +106,3 @@ def test_a_health_socket_from_systemd_starts_the_pool_and_outlives_its_primary(
     assert pool.main_pid() != main and pool.nrestarts() == 1
     assert answers[-1] == (200, "ok: 2/2 workers ready, generation 1"), answers[-5:]
     assert {code for code, _ in answers} <= {200, 503}, answers
-
