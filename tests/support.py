@@ -177,3 +177,8 @@ def request(port: int, method: str = "GET", path: str = "/", body: bytes | None 
         return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
+
+
+def inflight(status: dict[str, Any]) -> int:
+    """Requests in flight across the workers of a ``corepool status --json`` answer."""
+    return sum(w["inflight"] for w in status["workers"])

@@ -17,6 +17,7 @@ import pytest
 
 from tests.chaos.harness import Clients, children, describe, forks, status, summary, wait_settled
 from tests.integration.conftest import Pool
+from tests.support import inflight
 
 
 def test_stop_with_long_requests_in_flight(pool_factory: Any) -> None:
@@ -26,7 +27,7 @@ def test_stop_with_long_requests_in_flight(pool_factory: Any) -> None:
     started = time.monotonic()
     short = Clients(pool.port, path="/slow?s=1.5", keepalive=0, fresh=4, count=1, timeout=20).start()
     long = Clients(pool.port, path="/slow?s=60", keepalive=0, fresh=4, count=1, timeout=20).start()
-    pool.wait_for(lambda s: sum(w["inflight"] for w in s["workers"]) == 8, 10, "all 8 requests in flight")
+    pool.wait_for(lambda s: inflight(s) == 8, 10, "all 8 requests in flight")
     pool.signal(signal.SIGTERM)
     code = pool.wait_exit(timeout=20)
     stopped = time.monotonic() - started

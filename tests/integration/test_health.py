@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.integration.conftest import Pool
-from tests.support import Load, free_port, get_json
+from tests.support import Load, free_port, get_json, inflight
 
 
 def health(port: int, method: str = "GET") -> tuple[int, str]:
@@ -86,7 +86,7 @@ def test_health_answers_in_every_phase_with_the_reason(tmp_path: Path) -> None:
         held: list[Any] = []
         holder = threading.Thread(target=lambda: held.append(get_json(pool.port, f"/hold?flag={release}", 60)))
         holder.start()
-        pool.wait_for(lambda s: sum(w["inflight"] for w in s["workers"]) == 1, what="the held request in flight")
+        pool.wait_for(lambda s: inflight(s) == 1, what="the held request in flight")
         pool.signal(signal.SIGTERM)
         code, body = wait_health(hport, lambda c, b: c == 503, "503 after SIGTERM")
         assert body.startswith("draining:") and "then stopping" in body, body

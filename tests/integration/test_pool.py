@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.support import Load, get_json, held_workers, workers
+from tests.support import Load, get_json, held_workers, inflight, workers
 
 FAST_HEALTH = ("--health-interval", "0.3", "--health-timeout", "1")
 
@@ -145,7 +145,7 @@ def test_sigterm_lets_a_slow_request_finish(pool_factory: Any) -> None:
     answers: list[Any] = []
     t = threading.Thread(target=lambda: answers.append(get_json(pool.port, "/slow?seconds=1.5", timeout=10)))
     t.start()
-    pool.wait_for(lambda s: sum(w["inflight"] for w in s["workers"]) == 1, 10, "the slow request running")
+    pool.wait_for(lambda s: inflight(s) == 1, 10, "the slow request running")
     pool.signal(signal.SIGTERM)
     t.join(10)
     assert answers and answers[0]["slept"] == 1.5
@@ -168,7 +168,7 @@ def test_sigterm_kills_stragglers_after_graceful_timeout(pool_factory: Any) -> N
 
     t = threading.Thread(target=slow)
     t.start()
-    pool.wait_for(lambda s: sum(w["inflight"] for w in s["workers"]) == 1, 10, "the slow request running")
+    pool.wait_for(lambda s: inflight(s) == 1, 10, "the slow request running")
     started = time.monotonic()
     pool.signal(signal.SIGTERM)
     code = pool.wait_exit()

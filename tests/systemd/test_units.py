@@ -23,7 +23,7 @@ from typing import Any, TypeVar, cast
 import pytest
 
 from corepool import settings as corepool_settings
-from tests.support import APPS, Load, LoadResult, free_port, get_json
+from tests.support import APPS, Load, LoadResult, free_port, get_json, inflight
 from tests.systemd.sandbox import CHECKOUT, Sandbox, SandboxError
 
 SandboxFactory = Callable[..., Sandbox]
@@ -368,7 +368,7 @@ def test_stop_drains_slow_request(pool: Pool) -> None:
 
     t = threading.Thread(target=slow)
     t.start()
-    wait(pool.sb, lambda: sum(w["inflight"] for w in pool.status()["workers"]) == 1 or None, 10, "it in flight")
+    wait(pool.sb, lambda: inflight(pool.status()) == 1 or None, 10, "it in flight")
     start = time.monotonic()
     pool.sb.systemctl("stop", SERVICE, timeout=30)
     took = time.monotonic() - start
