@@ -98,7 +98,7 @@ class GoingAway:
         if stop_keepalive is not None:
             stop_keepalive()
         self.queue.put_nowait({"type": "websocket.disconnect", "code": GOING_AWAY, "reason": "going away"})
-        self._send_close_frame()
+        self._send_close_frame(GOING_AWAY, "going away")
         self.close_sent = True
         if self.read_paused:  # the client's close frame must be read
             self.read_paused = False
@@ -106,7 +106,7 @@ class GoingAway:
         # A client that never answers the close frame: uvicorn's close timeout where it has one.
         self.close_timer = self.loop.call_later(getattr(self, "close_timeout", CLOSE_TIMEOUT), self.transport.close)
 
-    def _send_close_frame(self) -> None:
+    def _send_close_frame(self, code: int, reason: str) -> None:
         raise NotImplementedError
 
     # uvicorn's protocol attributes the mixin uses (annotations only: the values are uvicorn's)
@@ -125,8 +125,8 @@ def _websockets_class() -> type[Any]:
     class GoingAwayWebSocketsProtocol(GoingAway, WebSocketsSansIOProtocol):
         """uvicorn's sans-I/O websockets protocol, going away with 1001 on drain."""
 
-        def _send_close_frame(self) -> None:
-            self.conn.send_close(GOING_AWAY, "going away")
+        def _send_close_frame(self, code: int, reason: str) -> None:
+            self.conn.send_close(code, reason)
             self.transport.write(b"".join(self.conn.data_to_send()))
 
     return GoingAwayWebSocketsProtocol
@@ -139,8 +139,8 @@ def _wsproto_class() -> type[Any]:
     class GoingAwayWSProtocol(GoingAway, WSProtocol):
         """uvicorn's wsproto protocol, going away with 1001 on drain."""
 
-        def _send_close_frame(self) -> None:
-            self.transport.write(self.conn.send(wsproto.events.CloseConnection(code=GOING_AWAY, reason="going away")))
+        def _send_close_frame(self, code: int, reason: str) -> None:
+            self.transport.write(self.conn.send(wsproto.events.CloseConnection(code=code, reason=reason)))
 
     if not hasattr(WSProtocol, "handle_text"):
         return GoingAwayWSProtocol
@@ -172,7 +172,7 @@ def _wsproto_class() -> type[Any]:
             reason = f"Message exceeds the maximum size ({self.config.ws_max_size} bytes)"
             self.queue.put_nowait({"type": "websocket.disconnect", "code": 1009, "reason": reason})
             if not self.transport.is_closing():
-                self.transport.write(self.conn.send(wsproto.events.CloseConnection(code=1009, reason=reason)))
+                self._send_close_frame(1009, reason)
                 self.transport.close()
             return False
 
