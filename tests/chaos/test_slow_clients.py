@@ -8,6 +8,8 @@ import sys
 import time
 from typing import Any
 
+import pytest
+
 from tests.support import request
 
 _SLOW_CLIENTS = """
@@ -67,3 +69,52 @@ def test_slow_clients_cost_connections_not_availability(pool_factory: Any) -> No
     assert {w["pid"] for w in status_now["workers"]} == before  # nobody was killed
     assert sum(w["busy_threads"] for w in status_now["workers"]) == 0  # slow bodies hold no WSGI app thread
     assert "no pong" not in pool.log()
+
+
+_SLOW_UPLOADS = """
+import socket, sys, time
+port, count, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+uploads = []
+for _ in range(count):  # a 100-byte body, one byte every 0.5 s: inside body_timeout, far past request_timeout
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock.sendall(b"POST /body HTTP/1.1\\r\\nHost: x\\r\\nContent-Length: 100\\r\\n\\r\\n")
+    uploads.append(sock)
+print("ready", flush=True)
+end = time.monotonic() + seconds
+while time.monotonic() < end:
+    for sock in uploads:
+        sock.send(b"x")
+    time.sleep(0.5)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("app", ["http_wsgi:app", "http_asgi:app"])
+def test_a_slow_upload_costs_a_connection_never_a_worker(pool_factory: Any, app: str) -> None:
+    """request_timeout counts the app's time, not the client's: uploads that trickle for twice request_timeout
+    (two per worker, so that every worker gets some) replace no worker, and ordinary requests are answered all
+    along. Before, each one got its worker replaced "over request_timeout"."""
+    pool = pool_factory(app, "--request-timeout", "2", "--health-interval", "0.3", "--health-timeout", "2",
+                        workers=2).start()
+    before = pool.pids()
+    uploads = subprocess.Popen([sys.executable, "-c", _SLOW_UPLOADS, str(pool.port), "4", "4.5"],
+                               stdout=subprocess.PIPE, text=True)
+    latencies: list[float] = []
+    try:
+        assert uploads.stdout is not None and uploads.stdout.readline() == "ready\n"
+        while uploads.poll() is None:
+            start = time.monotonic()
+            status, _, _ = request(pool.port, headers={"Connection": "close"})
+            latencies.append(time.monotonic() - start)
+            assert status == 200
+            time.sleep(0.02)
+        assert uploads.stdout.readline() == "done\n"
+        assert pool.pids() == before  # still there, and still ready
+    finally:
+        uploads.kill()
+        uploads.wait(10)
+    latencies.sort()
+    print(f"slow uploads: {len(latencies)} ordinary requests, p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+          f"p99 {latencies[int(len(latencies) * 0.99) - 1] * 1000:.1f} ms")
+    assert "over request_timeout" not in pool.log()
+    assert all(not deaths for deaths in (s["deaths"] for s in pool.status()["slots"])), pool.status()["slots"]

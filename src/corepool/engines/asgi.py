@@ -261,7 +261,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
         config.load()
         config.loaded_app = front.wrap(config.loaded_app, spec.http)
         # Outermost, so it sees every request and every exception the app (or a WSGI bridge) lets through.
-        tracker = tracking.RequestTracker(config.loaded_app)
+        tracker = tracking.RequestTracker(config.loaded_app, body_waits=route.interface != "wsgi")
         config.loaded_app = tracker
         trackers.append(tracker)
         servers.append((PoolServer(config, balancer), route.sockets))

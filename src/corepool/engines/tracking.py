@@ -1,16 +1,22 @@
 """What a worker knows about its own requests: an ASGI middleware around every HTTP route.
 
 It counts finished requests (by method and status class, with a duration histogram: :mod:`corepool.traffic`),
-remembers when each in-flight request started (so the primary can retire a worker whose request outlives
-``request_timeout``, naming that request), and logs every unhandled app exception once, with its type and
-traceback, from the worker that saw it. Counting is a few dict and list updates in the worker's memory: no
+remembers how long each in-flight request has kept the *app* busy (so the primary can retire a worker whose
+request outlives ``request_timeout``, naming that request), and logs every unhandled app exception once, with
+its type and traceback, from the worker that saw it. Counting is a few dict and list updates in the worker's memory: no
 syscall on the request path; the counts travel to the primary with the next pong. WebSocket sessions are
 counted as connections, not as requests: they are meant to stay open.
+
+``request_timeout`` is about the app, not the client: a request's :class:`AppClock` stops while the app waits
+for a request body the client has not sent yet (the client's time is ``body_timeout``'s), and a WSGI request's
+clock starts only when an app thread takes it (the bridge gathers the body on the loop, and may wait for a free
+thread). So one slow upload costs a connection, never a worker.
 """
 
 from __future__ import annotations
 
 import bisect
+import contextvars
 import itertools
 import logging
 import time
@@ -34,14 +40,47 @@ def silence_uvicorn_app_errors() -> None:
     logging.getLogger("uvicorn.error").addFilter(_DropUvicornAppErrors())
 
 
+class AppClock:
+    """How long one request has kept the app busy: wall time since it started, less the time it was paused
+    (waiting for the client's body, or for a WSGI thread)."""
+
+    __slots__ = ("label", "paused_at", "paused_for", "start")
+
+    def __init__(self, start: float, label: str) -> None:
+        self.start, self.label = start, label
+        self.paused_for = 0.0
+        self.paused_at: float | None = None
+
+    def pause(self) -> None:
+        if self.paused_at is None:
+            self.paused_at = time.monotonic()
+
+    def resume(self) -> None:
+        paused_at = self.paused_at
+        if paused_at is not None:
+            self.paused_for += time.monotonic() - paused_at
+            self.paused_at = None
+
+    def age(self, now: float) -> float:
+        paused_at = self.paused_at
+        return now - self.start - self.paused_for - (0.0 if paused_at is None else now - paused_at)
+
+
+# The clock of the request the current task serves: the WSGI bridge starts it when an app thread takes the request.
+current_clock: contextvars.ContextVar[AppClock | None] = contextvars.ContextVar("corepool_app_clock", default=None)
+
+
 class RequestTracker:
     """ASGI middleware: request counts, in-flight start times, and unhandled exceptions logged once."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, body_waits: bool = True) -> None:
+        """``body_waits``: an ASGI app's waits for the request body stop its clock here; the WSGI bridge (False)
+        knows better when its app waits (its thread, not the loop) and stops the clock itself."""
         self.app = app
+        self.body_waits = body_waits
         self.total = 0
         self.websockets = 0
-        self.inflight: dict[int, tuple[float, str]] = {}  # key -> (monotonic start, "METHOD /path")
+        self.inflight: dict[int, AppClock] = {}  # key -> the request's clock, labelled "METHOD /path"
         self.after_request: Callable[[], None] | None = None  # set while a max_requests limit is pending
         self.raw: dict[tuple[str, int | None], int] = {}  # (method, status) -> finished requests
         self.buckets = [0] * (len(traffic.BUCKETS) + 1)  # durations, one count per bucket (+Inf last)
@@ -64,8 +103,10 @@ class RequestTracker:
         method = scope.get("method", "?")
         label = f"{method} {scope.get('path', '')}"
         start = time.monotonic()
-        self.inflight[key] = (start, label)
+        clock = self.inflight[key] = AppClock(start, label)
+        current_clock.set(clock)
         status: list[int | None] = [None]  # once started; None: the app never answered (the server sent 500)
+        body_pending = [self.body_waits]
 
         def send_and_note_status(message: Any) -> Any:
             # A plain function returning send's awaitable: no extra coroutine per message.
@@ -73,8 +114,20 @@ class RequestTracker:
                 status[0] = message["status"]
             return send(message)
 
+        async def receive_on_the_clients_time() -> Any:
+            if not body_pending[0]:  # the body is in: a wait now is for a disconnect, on the app's time
+                return await receive()
+            clock.pause()
+            try:
+                message = await receive()
+            finally:
+                clock.resume()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_pending[0] = False
+            return message
+
         try:
-            await self._run(scope, receive, send_and_note_status, label)
+            await self._run(scope, receive_on_the_clients_time, send_and_note_status, label)
         finally:
             seconds = time.monotonic() - start
             del self.inflight[key]
@@ -106,8 +159,10 @@ class RequestTracker:
         return traffic.Traffic(counts, tuple(self.buckets), self.seconds)
 
     def oldest(self, now: float | None = None) -> tuple[float, str] | None:
-        """(seconds running, "METHOD /path") of the longest-running request, or None when idle."""
+        """(seconds of the app's time, "METHOD /path") of the request that has kept the app busy longest, or None
+        when idle."""
         if not self.inflight:
             return None
-        start, label = min(self.inflight.values())
-        return (time.monotonic() if now is None else now) - start, label
+        at = time.monotonic() if now is None else now
+        clock = max(self.inflight.values(), key=lambda c: c.age(at))
+        return clock.age(at), clock.label

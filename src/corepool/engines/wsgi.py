@@ -35,6 +35,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
+from corepool.engines.tracking import AppClock, current_clock
 from corepool.settings import HttpOptions
 
 THREADS = HttpOptions.threads
@@ -194,7 +195,14 @@ class _Input:
     def _fill(self) -> bool:
         if self.eof:
             return False
-        chunk: bytes = self.exchange.on_loop(self.exchange.body.next_chunk())
+        clock = self.exchange.clock
+        if clock is not None:
+            clock.pause()  # the app waits for its client: request_timeout does not count this
+        try:
+            chunk: bytes = self.exchange.on_loop(self.exchange.body.next_chunk())
+        finally:
+            if clock is not None:
+                clock.resume()
         if not chunk:
             self.eof = True
             return False
@@ -263,8 +271,8 @@ def _check_bytes(chunk: Any) -> None:
 class _Exchange:
     """One request/response between the loop and the app's thread."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, send: Send, body: _Body) -> None:
-        self.loop, self.send, self.body = loop, send, body
+    def __init__(self, loop: asyncio.AbstractEventLoop, send: Send, body: _Body, clock: AppClock | None) -> None:
+        self.loop, self.send, self.body, self.clock = loop, send, body, clock
         self.start: dict[str, Any] | None = None
         self.headers_sent = False
         self.in_flight: concurrent.futures.Future[Any] | None = None
@@ -433,6 +441,9 @@ class WSGIBridge:
         if scope["type"] != "http":  # uvicorn runs WSGI routes with lifespan off and no websockets
             return
         loop = asyncio.get_running_loop()
+        clock = current_clock.get()
+        if clock is not None:
+            clock.pause()  # until an app thread takes the request (_call): the body, a free thread
         message = await receive()
         if message["type"] == "http.disconnect":
             return
@@ -452,7 +463,7 @@ class WSGIBridge:
                 more = message.get("more_body", False)
             first = b"".join(parts)
         body = _Body(receive, more)
-        exchange = _Exchange(loop, send, body)
+        exchange = _Exchange(loop, send, body, clock)
         if more:
             wsgi_input: Any = _Input(exchange)
             wsgi_input.buffer += first
@@ -493,6 +504,8 @@ class WSGIBridge:
 
     def _call(self, environ: dict[str, Any], exchange: _Exchange) -> tuple[int, Any]:
         """On an app thread: call the app; a list or tuple comes back whole, anything else is sent as yielded."""
+        if exchange.clock is not None:
+            exchange.clock.resume()
         result: Iterable[bytes] = self.app(environ, exchange.start_response)
         try:
             if isinstance(result, (list, tuple)) and not exchange.headers_sent:
