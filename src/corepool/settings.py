@@ -93,6 +93,10 @@ FIELDS: tuple[Field, ...] = (
     # HTTP front line.
     Field("max_header_bytes", int, "largest request head (request line and headers), in bytes; 431 beyond",
           minimum=1024),
+    Field("max_request_line_bytes", int, "longest request line (method, target, version), in bytes; 414 beyond",
+          minimum=256),
+    Field("max_header_line_bytes", int, "longest header (or trailer) line, in bytes; 431 beyond", minimum=256),
+    Field("max_headers", int, "most header (or trailer) lines in a request; 431 beyond", minimum=1),
     Field("header_timeout", float, "seconds a client has to send the whole request head (408 after)",
           minimum=0.1),
     Field("body_timeout", float, "seconds a request body may stay silent before the connection is closed",
@@ -167,6 +171,9 @@ class Settings:
     when_ready: str | None = None
     on_reload: str | None = None
     max_header_bytes: int = 32 * 1024
+    max_request_line_bytes: int = 8 * 1024
+    max_header_line_bytes: int = 8 * 1024
+    max_headers: int = 100
     header_timeout: float = 30.0
     body_timeout: float = 60.0
     max_body_bytes: int = 100 * 1024 * 1024
@@ -208,6 +215,9 @@ class HttpOptions:
     access_log: bool = Settings.access_log
     access_log_format: str = Settings.access_log_format
     max_header_bytes: int = Settings.max_header_bytes
+    max_request_line_bytes: int = Settings.max_request_line_bytes
+    max_header_line_bytes: int = Settings.max_header_line_bytes
+    max_headers: int = Settings.max_headers
     header_timeout: float = Settings.header_timeout
     body_timeout: float = Settings.body_timeout
     max_body_bytes: int = Settings.max_body_bytes

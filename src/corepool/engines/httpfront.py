@@ -4,7 +4,12 @@ Everything here happens on the event loop, before (or beside) the app, so a slow
 connection and never an app thread (for WSGI routes) nor the loop's time:
 
 * ``max_header_bytes``: the request head is counted as it arrives, chunk by chunk, so a huge header is refused
-  (431, then close) after at most one read beyond the limit, not once it is whole.
+  (431, then close) after at most one read beyond the limit, not once it is whole. ``max_request_line_bytes``
+  (414), ``max_header_line_bytes`` and ``max_headers`` (431) bound the request line, one header line and the
+  number of headers the same way, as they arrive.
+* The head is checked against RFC 9112 before the app is called (:mod:`corepool.engines.requestcheck`):
+  duplicate or missing ``Host``, targets, versions, ``Transfer-Encoding``. Request trailers (fields after a
+  chunked body) are read, counted against the same limits and dropped: they never become request headers.
 * ``header_timeout``: a connection's first request head, or any head once its first byte came, must be whole
   within this time (408, then close). Idle keep-alive connections are governed by ``keepalive_timeout``.
 * ``body_timeout``: a request body that stays silent this long (while the app is waiting for it) closes the
@@ -17,6 +22,12 @@ For WSGI routes the bridge (:mod:`corepool.engines.wsgi`) gathers a request body
 ``BUFFERED_BODY_LIMIT``, before it takes an app thread: a client that sends its body slowly holds a connection,
 not a thread.
 
+Every refusal is an answer with its status (400, 414, 431, 501, 505, ...) and ``Connection: close``, followed by a
+lingering close (nginx's ``lingering_close``): the connection stops reading requests, sends FIN, and discards what
+the client still sends for at most :data:`LINGER_SECONDS` (and :data:`LINGER_BYTES`), so the answer is not lost
+to a reset when the client is still sending. Each refusal is at most one short log line, and at most one per
+second per worker (the rest are counted in the next line): a flood of bad requests cannot flood the log.
+
 And the drain: an idle keep-alive connection is kept for ``keepalive_timeout`` after the drain starts (a request
 the client is sending at that moment is answered, with ``Connection: close``), then closed, so a stop or a
 reload never waits ``graceful_timeout`` for an idle connection.
@@ -27,11 +38,14 @@ from __future__ import annotations
 import asyncio
 import http
 import inspect
+import re
 from typing import TYPE_CHECKING, Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
+from corepool import log
+from corepool.engines.requestcheck import Reject, check_head, origin_form
 from corepool.settings import HttpOptions
 
 if TYPE_CHECKING:
@@ -40,14 +54,41 @@ if TYPE_CHECKING:
 # Request line overhead beyond the URL and method: " HTTP/1.1\r\n" plus a space; per header ": " and "\r\n".
 _LINE_OVERHEAD = 12
 _HEADER_OVERHEAD = 4
+LINGER_SECONDS = 5.0  # after a refusal, how long what the client still sends is read and discarded...
+LINGER_BYTES = 64 * 1024 * 1024  # ... and how much of it at most (5 s of a 100 Mbit/s client)
+_METHOD = re.compile(rb"[A-Z]+ ")  # a method llhttp does not know but that is a method: 501, not 400
 
 
-class Reject(Exception):
-    """Raised inside a parser callback to stop parsing and answer ``status``, then close."""
+class BadRequestLog:
+    """One short line per refused request, at most one per ``interval`` seconds; the others are counted and the
+    count is said when the interval ends (so a flood writes two lines a second, not one per request)."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(status, reason)
-        self.status, self.reason = status, reason
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self.quiet_until = 0.0
+        self.suppressed = 0
+        self.last = ""
+        self.flush: asyncio.TimerHandle | None = None
+
+    def refused(self, loop: asyncio.AbstractEventLoop, peer: str, status: int, reason: str) -> None:
+        now = loop.time()
+        if now >= self.quiet_until:
+            self.quiet_until = now + self.interval
+            log.event("bad_request", f"refused a request from {peer}: {status} {reason}", status=status)
+            return
+        self.suppressed += 1
+        self.last = f"{status} {reason}"
+        if self.flush is None:
+            self.flush = loop.call_at(self.quiet_until, self._say_count)
+
+    def _say_count(self) -> None:
+        self.flush = None
+        count, self.suppressed = self.suppressed, 0
+        log.event("bad_request", f"refused {count} more request{'s' if count != 1 else ''} in the last "
+                  f"{self.interval:g} s (the last: {self.last})")
+
+
+BAD_REQUESTS = BadRequestLog()
 
 
 def _uvicorn_announces_close() -> bool:
@@ -89,6 +130,12 @@ class FrontLineProtocol(HttpToolsProtocol):
         self.body_bytes = 0
         self.reading_body = False
         self.over_limit = False
+        self.fields = 0  # header (or trailer) lines of the current head (or trailer section)
+        self.in_trailers = False  # the fields llhttp reports now follow a chunked body
+        self.lingering = False  # refused: what the client still sends is discarded (see _linger)
+        self.lingered = 0  # bytes discarded so far
+        self.head_has_cycle = False  # the request whose head is being parsed has its cycle (or no head is)
+        self.refusal: Reject | None = None  # a pipelined head refused, answered once the earlier answers are out
         self.head_timer: asyncio.TimerHandle | None = None
         self.body_timer: asyncio.TimerHandle | None = None
 
@@ -110,21 +157,48 @@ class FrontLineProtocol(HttpToolsProtocol):
         if self.balancer is not None:
             self.balancer.publish()
 
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """The client sent FIN (``shutdown(SHUT_WR)``, ``nc -N``): it sends no more, but may still read. Requests
+        it sent whole are answered, then the connection closes; one cut short is not (its app sees a
+        disconnect). uvicorn closed at once, dropping the answers."""
+        if self.refusal is not None:
+            return True  # the earlier answers, then the refusal, still go out
+        if self.lingering or (self.in_head and self.head_started) or self.reading_body:
+            return None  # a request cut short (or a refusal's lingering close, which ends here)
+        pending = [cycle for cycle, _ in self.pipeline] or ([self.cycle] if self.cycle is not None else [])
+        if not pending or pending[0].response_complete:
+            return None  # idle: close now
+        pending[0].keep_alive = False  # the last request it sent (the pipeline's newest is first): close after it
+        return True
+
     def data_received(self, data: bytes) -> None:
+        if self.lingering or self.refusal is not None:
+            # Read and dropped: the answer is on its way, the connection closes soon (_linger).
+            self.lingered += len(data)
+            if self.lingered > LINGER_BYTES:
+                self.transport.close()
+            return
         self._unset_keepalive_if_required()
         if self.in_head:
             self.head_bytes += len(data)  # may include body bytes: the exact check is in on_headers_complete
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, Reject):
-                self._reject(exc.__context__)
-                return
-            raise
-        except httptools.HttpParserError:
-            msg = "Invalid HTTP request received."
-            self.logger.warning(msg)
-            self.send_400_response(msg)
+            reject = exc.__context__
+            if not isinstance(reject, Reject):  # a bug of ours on a request nobody foresaw: still one line
+                reject = Reject(400, f"Bad Request ({type(reject).__name__} in the parser callback)")
+            self._reject(reject)
+            return
+        except httptools.HttpParserInvalidMethodError:
+            known = _METHOD.match(data.lstrip(b"\r\n")) is not None
+            self._reject(Reject(501, "Not Implemented: unknown method") if known else
+                         Reject(400, "Bad Request: invalid method"))
+            return
+        except httptools.HttpParserError as exc:
+            if self.parser.get_http_version()[:1] not in ("0", "1"):  # HTTP/2.0, HTTP/3.0, an h2 preface
+                self._reject(Reject(505, "HTTP Version Not Supported"))
+            else:
+                self._reject(Reject(400, f"Bad Request: {exc}"))
             return
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
@@ -136,8 +210,10 @@ class FrontLineProtocol(HttpToolsProtocol):
                 if self.draining and websocket is not self:
                     # The drain's passes are over: this one goes away like every other WebSocket of the worker.
                     websocket.shutdown()
-            else:
-                self._unsupported_upgrade_warning()
+            elif self.cycle is not None:
+                # Another upgrade (h2c, say), which a server may ignore (RFC 9110 §7.8): the request is served as
+                # it is, and the connection closes after it (the parser stops at the upgrade).
+                self.cycle.keep_alive = False
             return
         if self.in_head and self.head_bytes > self.options.max_header_bytes:
             self._reject(Reject(431, "Request Header Fields Too Large"))
@@ -148,19 +224,43 @@ class FrontLineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.head_has_cycle = False
+        self.fields = 0
+        self.in_trailers = False
         self.head_started = True
         if not self.in_head:
             self.in_head, self.head_bytes = True, 0
         if self.head_timer is None:
             self._arm_head_timer()
 
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        if len(self.url) > self.options.max_request_line_bytes:
+            raise Reject(414, "URI Too Long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += 1
+        if self.fields > self.options.max_headers:
+            raise Reject(431, "Request Header Fields Too Large: too many fields")
+        if len(name) + len(value) + _HEADER_OVERHEAD > self.options.max_header_line_bytes:
+            raise Reject(431, "Request Header Fields Too Large: a field is too long")
+        if self.in_trailers:
+            # A trailer: bounded by the limits above, then dropped; never a request header. A proxy in front
+            # checks headers, not trailers: a trailer that became a header would smuggle it past the proxy.
+            return
+        # RFC 9110 §5.5: the value excludes trailing white space (llhttp keeps it; older uvicorns too).
+        super().on_header(name, value.rstrip(b" \t"))
+
     def on_headers_complete(self) -> None:
         self.in_head = self.head_started = False
+        self.in_trailers = True
+        self.fields = 0
         self._cancel_head_timer()
         self._check_head()
         self.body_bytes = 0
         self.reading_body = True  # until on_message_complete (at once for a request without a body)
         super().on_headers_complete()
+        self.head_has_cycle = True
         if self.cycle is not None and not UVICORN_ANNOUNCES_CLOSE and type(self.cycle) is RequestResponseCycle:
             self.cycle.__class__ = ClosingCycle
         if self.draining and self.cycle is not None:
@@ -179,8 +279,21 @@ class FrontLineProtocol(HttpToolsProtocol):
         self._cancel_body_timer()
         super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.refusal is not None and not self.pipeline and not self.transport.is_closing():
+            refusal, self.refusal = self.refusal, None
+            self._answer_and_close(refusal.status, refusal.reason)
+
     def _check_head(self) -> None:
-        """The exact size of the head just parsed, its Content-Length and this connection's rank."""
+        """RFC 9112's checks (requestcheck), the exact size of the head just parsed, its Content-Length and this
+        connection's rank."""
+        authority = check_head(self.parser.get_method(), self.url, self.parser.get_http_version(), self.headers)
+        if authority is not None:  # an absolute target: its authority is the Host (RFC 9112 §3.2.2)
+            self.url = origin_form(self.url)
+            self.headers[:] = [(n, authority if n == b"host" else v) for n, v in self.headers]
+            if not any(n == b"host" for n, _ in self.headers):
+                self.headers.append((b"host", authority))
         size = len(self.url) + len(self.parser.get_method()) + _LINE_OVERHEAD
         length = None
         for name, value in self.headers:
@@ -192,13 +305,18 @@ class FrontLineProtocol(HttpToolsProtocol):
         if self.over_limit:
             raise Reject(503, "Service Unavailable")
         limit = self.options.max_body_bytes
-        if limit and length is not None and length.strip().isdigit() and int(length) > limit:
+        if limit and length is not None and int(length) > limit:  # llhttp checked: digits only
             raise Reject(413, "Content Too Large")
 
     # Answers that end the connection.
 
     def _reject(self, reject: Reject) -> None:
         cycle = self.cycle
+        if not self.head_has_cycle and cycle is not None and not cycle.response_complete:
+            # A pipelined head is refused while an earlier request is still being answered: that answer (and any
+            # queued before the refused head) goes out first, then the refusal (on_response_complete).
+            self.refusal = reject
+            return
         if cycle is not None and not cycle.response_complete:
             # The app is running (a chunked body went over the limit): it sees a disconnect, its answer is dropped.
             cycle.disconnected = True
@@ -209,8 +327,10 @@ class FrontLineProtocol(HttpToolsProtocol):
         self._answer_and_close(reject.status, reject.reason)
 
     def _answer_and_close(self, status: int, message: str) -> None:
-        if self.transport.is_closing():
+        if self.transport.is_closing() or self.lingering:
             return
+        if status >= 400:
+            BAD_REQUESTS.refused(self.loop, self._peer(), status, message)
         body = message.encode("ascii")
         content = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n".encode("ascii")]
         for name, value in self.server_state.default_headers:
@@ -222,7 +342,26 @@ class FrontLineProtocol(HttpToolsProtocol):
             body,
         ]
         self.transport.write(b"".join(content))
-        self.transport.close()
+        self._linger()
+
+    def _linger(self) -> None:
+        """Close without losing the answer to a reset: closing a socket with unread input makes the kernel send
+        RST, and a client still sending then never reads the answer. So stop parsing, send FIN after the answer,
+        and read and discard what the client still sends until it closes, for :data:`LINGER_SECONDS` or
+        :data:`LINGER_BYTES` at most."""
+        self.lingering = True
+        self._cancel_head_timer()
+        self._cancel_body_timer()
+        self._unset_keepalive_if_required()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.flow.resume_reading()
+        self.timeout_keep_alive_task = self.loop.call_later(LINGER_SECONDS, self.transport.close)
+
+    def _peer(self) -> str:
+        return self.client[0] if self.client else "a unix socket peer"
 
     # Timers.
 
