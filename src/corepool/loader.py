@@ -26,7 +26,7 @@ import time
 import traceback
 
 from corepool import apps, channel, engines, worker
-from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, EXIT_PRIMARY_GONE, WorkerSpec
+from corepool.workerapi import EXIT_BOOT_FAILED, EXIT_OK, EXIT_PRIMARY_GONE, WorkerSpec
 
 
 def run(spec: WorkerSpec, sock: socket.socket, listeners: list[tuple[str, socket.socket]]) -> int:

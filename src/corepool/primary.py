@@ -42,6 +42,7 @@ from corepool import (
     status,
     traffic,
     worker,
+    workerapi,
 )
 from corepool.canary import Rules as CanaryRules
 from corepool.listeners import Listener, ListenerError
@@ -441,9 +442,9 @@ class Primary:
 
     # ------------------------------------------------------------------------------------------ workers
 
-    def _spec(self, slot: int, generation: int) -> worker.WorkerSpec:
+    def _spec(self, slot: int, generation: int) -> workerapi.WorkerSpec:
         s = self.settings
-        return worker.WorkerSpec(
+        return workerapi.WorkerSpec(
             app=s.app or "",
             app_dir=s.app_dir,
             interface=s.interface,
@@ -908,5 +909,5 @@ def describe_status(status: int) -> tuple[str, bool]:
             name = str(sig)
         return f"killed by {name}", False
     code = os.WEXITSTATUS(status)
-    meaning = {worker.EXIT_BOOT_FAILED: " (app failed to boot)", worker.EXIT_PRIMARY_GONE: " (primary gone)"}
+    meaning = {workerapi.EXIT_BOOT_FAILED: " (app failed to boot)", workerapi.EXIT_PRIMARY_GONE: " (primary gone)"}
     return f"exit code {code}{meaning.get(code, '')}", code == 0

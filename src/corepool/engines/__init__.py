@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import contextlib
-import socket
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from corepool.engines.routes import Route
 
 if TYPE_CHECKING:
-    from corepool.worker import WorkerLink, WorkerSpec
+    from corepool.workerapi import WorkerLink, WorkerSpec
 
-
-@dataclass
-class Route:
-    """One app and the listening sockets it serves."""
-
-    spec: str  # module:attribute
-    app: Any
-    interface: str  # asgi, wsgi or raw
-    sockets: list[socket.socket]
+__all__ = ["Route", "import_all", "serve"]
 
 
 def import_all() -> None:

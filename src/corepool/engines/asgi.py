@@ -9,9 +9,9 @@ Changes to uvicorn's behaviour:
   carry one more request, answered with ``Connection: close``, for ``keepalive_timeout``, then it is closed.
 * WebSockets (ASGI routes) run on uvicorn's implementations, closed with 1001 on drain
   (:mod:`corepool.engines.websocket`); proxy headers and the access log are :mod:`corepool.engines.front`.
-* Connections are accepted by :class:`Acceptor`, one per wake-up, pausing while this worker holds more than
-  its share of the pool's connections (:mod:`corepool.balance`), instead of by asyncio's server, which takes
-  a whole burst in whichever worker wakes first.
+* Connections are accepted by :class:`corepool.engines.accept.Acceptor`, one per wake-up, pausing while this
+  worker holds more than its share of the pool's connections (:mod:`corepool.balance`), instead of by asyncio's
+  server, which takes a whole burst in whichever worker wakes first.
 """
 
 from __future__ import annotations
@@ -27,97 +27,13 @@ from typing import Any
 import uvicorn
 
 from corepool import log, traffic
-from corepool.balance import PAUSE, AcceptQuota, Board, cell_of
-from corepool.engines import Route, front, tracking, websocket
+from corepool.balance import cell_of
+from corepool.engines import front, tracking, websocket
+from corepool.engines.accept import Acceptor, Balancer
+from corepool.engines.eventloop import loop_factory
 from corepool.engines.httpfront import FrontLineProtocol
-from corepool.worker import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
-
-
-class Balancer:
-    """This worker's side of the shared connection board."""
-
-    def __init__(self, board: Board | None, cell: int) -> None:
-        self.board, self.cell = board, cell
-        self.servers: list[uvicorn.Server] = []
-        self.accepting = False
-        self.quota: AcceptQuota | None = None  # while this worker is a reload's canary
-
-    def cap_share(self, capped: bool) -> None:
-        """Keep to a share of the accepted connections from now on (a canary), or stop doing so."""
-        self.quota = AcceptQuota(self.board, self.cell) if capped and self.board is not None else None
-
-    def accepted(self) -> None:
-        if self.board is not None:
-            self.board.accepted(self.cell)
-
-    def open_connections(self) -> int:
-        return sum(len(server.server_state.connections) for server in self.servers)
-
-    def publish(self) -> None:
-        if self.board is not None and self.accepting:
-            self.board.set(self.cell, self.open_connections())
-
-    def over_share(self) -> bool:
-        if self.board is None:
-            return False
-        return self.board.over_share(self.open_connections()) or (self.quota is not None and self.quota.over())
-
-    def stop(self) -> None:
-        self.accepting = False
-        if self.board is not None:
-            self.board.set(self.cell, None)
-
-
-class Acceptor:
-    """Accepts on a shared listening socket: one connection per wake-up, none while over this worker's share."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
-        balancer: Balancer,
-    ) -> None:
-        self.loop, self.sock, self.factory, self.balancer = loop, sock, factory, balancer
-        self.closed = False
-        self._resume_handle: asyncio.TimerHandle | None = None
-        self._pending: set[asyncio.Task[Any]] = set()
-        sock.setblocking(False)
-        loop.add_reader(sock.fileno(), self._accept)
-
-    def _accept(self) -> None:
-        if self.balancer.over_share():
-            self._pause(PAUSE)
-            return
-        try:
-            conn, _ = self.sock.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS...: back off instead of spinning
-            log.event("accept", f"accept failed: {exc.strerror or exc}", warning=True)
-            self._pause(0.1)
-            return
-        conn.setblocking(False)
-        self.balancer.accepted()
-        task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    def _pause(self, seconds: float) -> None:
-        self.loop.remove_reader(self.sock.fileno())
-        self._resume_handle = self.loop.call_later(seconds, self._resume)
-
-    def _resume(self) -> None:
-        self._resume_handle = None
-        if not self.closed:
-            self.loop.add_reader(self.sock.fileno(), self._accept)
-
-    def close(self) -> None:
-        """Stop accepting (the socket stays open for the other workers)."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._resume_handle is not None:
-            self._resume_handle.cancel()
-        else:
-            self.loop.remove_reader(self.sock.fileno())
+from corepool.engines.routes import Route
+from corepool.workerapi import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
 
 class PoolServer(uvicorn.Server):
@@ -179,15 +95,6 @@ def make_config(app: Any, spec: WorkerSpec, wsgi: bool = False) -> uvicorn.Confi
         server_header=options.server_header,
         date_header=options.date_header,
     )
-
-
-def loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 async def _serve_all(

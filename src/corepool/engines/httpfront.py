@@ -49,7 +49,7 @@ from corepool.engines.requestcheck import Reject, check_head, origin_form
 from corepool.settings import HttpOptions
 
 if TYPE_CHECKING:
-    from corepool.engines.asgi import Balancer
+    from corepool.engines.accept import Balancer
 
 # Request line overhead beyond the URL and method: " HTTP/1.1\r\n" plus a space; per header ": " and "\r\n".
 _LINE_OVERHEAD = 12

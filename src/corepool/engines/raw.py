@@ -16,8 +16,8 @@ import threading
 from typing import Any
 
 from corepool import log
-from corepool.engines.asgi import loop_factory
-from corepool.worker import EXIT_OK, WorkerLink, WorkerSpec
+from corepool.engines.eventloop import loop_factory
+from corepool.workerapi import EXIT_OK, WorkerLink, WorkerSpec
 
 stopping = threading.Event()
 
