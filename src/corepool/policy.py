@@ -325,7 +325,8 @@ class Policy:
         return self.roll is not None
 
     def ready_count(self) -> int:
-        return sum(1 for w in self.workers.values() if w.state is WorkerState.READY)
+        """Workers that serve: ready, and not being killed (a SIGKILLed worker keeps its state until it exits)."""
+        return sum(1 for w in self.workers.values() if w.state is WorkerState.READY and w.kill_reason is None)
 
     def healthy(self, now: float, window: float) -> bool:
         """True when some ready worker proved its serving loop turns within ``window`` seconds."""

@@ -112,3 +112,20 @@ def test_stop_stops_loaders_too_and_exits_when_all_are_gone() -> None:
     h.exit(wid, clean=True)
     (exit_,) = kinds(h.feed(ev.LoaderExited(1, "killed by SIGTERM", 5.1)), ev.Exit)
     assert exit_.code == 0
+
+
+def test_a_worker_being_killed_is_not_counted_ready() -> None:
+    """Found by the property test (TestPreloadMachine, a failure on Debian 13): a worker SIGKILLed for a missed
+    ping stays READY until its exit arrives, and was counted ready beside its replacement; when the next roll
+    retired both, "ready" fell by two. A worker being killed serves nobody."""
+    h = preload_harness()
+    running(h)
+    assert h.policy.ready_count() == 2
+    wid, other = sorted(h.policy.workers)
+    h.feed(ev.PingAll(1.0))
+    h.feed(ev.Tick(1.0))  # the pings go out
+    h.feed(ev.Pong(other, h.policy.workers[other].ping_seq, 0, 1.5))  # one answers, the other does not
+    out = h.feed(ev.Tick(1.0 + h.policy.timing.health_timeout + 0.1))
+    assert ev.Signal(wid, signal.SIGKILL, "no pong within health_timeout (5s)") in kinds(out, ev.Signal)
+    assert h.policy.workers[wid].state is p.WorkerState.READY  # until its exit arrives
+    assert h.policy.ready_count() == 1
