@@ -5,10 +5,12 @@
     python3 packaging/scenario.py root --root DIR --dsc DSC --log DIR [--unit-tests]
 
 ``host``: the .deb is already installed on the host; its units are copied into the sandbox's unit dir.
-``root``: DIR is a scratch copy of a Debian 13 root (packaging/test-install makes it from the cached one); its
-systemd is booted in the sandbox, and inside it, without network, the .deb is built from the .dsc
-(``dpkg-source -x`` + ``dpkg-buildpackage -b``) and installed with dpkg; with ``--unit-tests``, corepool's
-tests/unit then run there on its Python and libraries.
+``root``: DIR is a scratch copy of a Debian 13 root (packaging/test-install makes it from the cached one, which
+has no build tool); its systemd is booted in the sandbox, and inside it a git clone of this checkout's HEAD runs
+``packaging/build all``, which must install every tool it uses (pip, lintian, the build dependencies, rpm and
+rpmlint) and build a lintian-clean .deb and an rpmlint-clean .rpm; then, without network, the .deb is built
+from the host's .dsc (``dpkg-source -x`` + ``dpkg-buildpackage -b``) and installed with dpkg; with
+``--unit-tests``, corepool's tests/unit then run there on its Python and libraries.
 
 Then, on the pool ``shop`` (tests/apps/switchable.py; /etc/corepool/shop.toml) and the packaged demo:
 start (socket activation), ``systemctl reload`` blocks until only the new generation answers; three bad deploys
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -235,6 +238,43 @@ def bad_deploy(sb: Sandbox, deploy: BadDeploy, apps: Path, log: Path) -> str:
     return "bad deploy " + line
 
 
+# What packaging/build installs for itself: a root that has any of them already would prove nothing.
+BUILD_TOOLS = ("python3-pip", "lintian", "dpkg-dev", "debhelper", "build-essential", "rpm", "rpmlint")
+
+
+def installed(sb: Sandbox, packages: tuple[str, ...]) -> list[str]:
+    r = sb.run("dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\\n", *packages, check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.endswith(" installed")]
+
+
+def clone_build_in_root(sb: Sandbox, report: Report, log: Path) -> None:
+    """`git clone` of HEAD inside the root, then `packaging/build all` there, with the network (apt, PyPI)."""
+    if there := installed(sb, BUILD_TOOLS):
+        raise Failed(f"the Debian 13 root has {there} installed before packaging/build ran: it proves nothing")
+    bundle = sb.outside(Path("/build/corepool.bundle"))
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    subprocess.run(["git", "-C", str(ROOT), "bundle", "create", "--quiet", str(bundle), "HEAD"], check=True)
+    t0 = time.monotonic()
+    r = sb.run("sh", "-c", "rm -rf /build/clone && git -c advice.detachedHead=false -c init.defaultBranch=main "
+               "clone --quiet /build/corepool.bundle /build/clone && cd /build/clone && git rev-parse HEAD && "
+               "packaging/build all && python3 packaging/rpm_requires.py check dist/corepool-*.rpm pyproject.toml",
+               check=False, timeout=1200)
+    (log / "clone-build-in-root.log").write_text(r.stdout + r.stderr)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    if r.returncode != 0:
+        raise Failed(f"packaging/build all from a clone in the Debian 13 root failed: {lines[-3:]}")
+    if not lines or lines[0] != head:
+        raise Failed(f"the clone in the root is at {lines[:1]}, not HEAD {head}")
+    if missing := sorted(set(BUILD_TOOLS) - set(installed(sb, BUILD_TOOLS))):
+        raise Failed(f"packaging/build all succeeded but {missing} are not installed: what did it build with?")
+    summary = [ln.removeprefix("packaging/build: ") for ln in lines if ln.startswith("packaging/build: ")
+               and ("lintian" in ln or "rpmlint" in ln or "apt-get" in ln)] + lines[-1:]
+    report.ok(f"git clone of HEAD + packaging/build all in the Debian 13 root, no build tool there before "
+              f"({time.monotonic() - t0:.0f} s): {'; '.join(summary)}")
+
+
 def build_in_root(sb: Sandbox, dsc: Path, report: Report, log: Path) -> Path:
     """Build the .deb from the .dsc inside the root, without network; returns the .deb's path inside."""
     build = sb.outside(Path("/build"))
@@ -351,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             deb_inside = sb.write_file(args.deb.name, "")  # the checkout may lie under /tmp (a tmpfs inside)
             shutil.copyfile(args.deb, deb_inside)
         else:
+            clone_build_in_root(sb, report, args.log)
             deb_inside = build_in_root(sb, args.dsc, report, args.log)
             install_in_root(sb, deb_inside, report)
             if args.unit_tests:
