@@ -114,7 +114,7 @@ def scenario(sb: Sandbox, deb_inside: Path, unit_src: Path, report: Report, log:
     if unit_type != "notify" or len(rendered) != 2 or rendered[0] != "Type=notify" \
             or not rendered[1].endswith(" reload --wait --control /run/corepool/mine/control.sock"):
         raise Failed(f"on systemd {version} {SERVICE} is Type={unit_type}; corepool units rendered {rendered}")
-    report.ok(f"corepool units on systemd {version}: {', '.join(ln.split(' ')[0] for ln in rendered)}")
+    report.ok(f"corepool units on systemd {version}: {rendered[0]}, {rendered[1]}")
 
     # start
     sb.systemctl("start", SOCKET, "corepool@demo.socket")
