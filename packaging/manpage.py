@@ -143,8 +143,10 @@ def render(parser: argparse.ArgumentParser, version: str, date: str) -> str:
         "\\fI/etc/corepool/\\fPNAME\\fI.toml\\fR",
         esc("Settings of the pool NAME, read by corepool@NAME.service (see /etc/corepool/example.toml)."),
         ".TP",
-        "\\fI/lib/systemd/system/corepool@.socket\\fR, \\fI/lib/systemd/system/corepool@.service\\fR",
-        esc("The template units; change them with systemctl edit corepool@NAME.socket (or .service)."),
+        "\\fI/usr/lib/systemd/system/corepool@.socket\\fR, \\fI/usr/lib/systemd/system/corepool@.service\\fR",
+        esc("The template units (in /lib/systemd/system on Debian 12); change them with systemctl edit "
+            "corepool@NAME.socket (or .service). systemctl reload runs corepool reload --wait: it fails when the "
+            "reload rolled back, and systemctl status shows why."),
         ".SH EXIT STATUS",
         esc("0 on success, 1 on failure, 2 on a usage or settings error."),
         ".SH EXAMPLES",

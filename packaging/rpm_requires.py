@@ -1,14 +1,13 @@
-"""The rpm's Python Requires, and a check that Fedora can satisfy every Requires of a built rpm.
+"""Check a built rpm's Requires: corepool's own dependencies are all there, and Fedora can satisfy every one.
 
-    python3 packaging/rpm_requires.py requires PYPROJECT BUNDLED_WHEEL... [--python 3.13]
-        -> "python3dist(uvicorn) >= 0.30;python3dist(httptools) >= 0.6;..." (packaging/build passes it to rpmbuild)
-    python3 packaging/rpm_requires.py check RPM
-        -> every `rpm -qp --requires` entry must be a capability listed in FEDORA below, at a version that
-           satisfies it; exits 1 naming the first one that is not.
+    python3 packaging/rpm_requires.py check RPM PYPROJECT [--python 3.13]
+        -> exits 1 naming what is wrong: a dependency of PYPROJECT (markers evaluated for that Python) that the
+           rpm does not require as python3dist(NAME) or python3.Xdist(NAME) >= its lower bound, or an `rpm -qp
+           --requires` entry that is not a capability listed in FEDORA below at a version that satisfies it.
 
-The Requires are what Fedora's dependency generator would write for corepool's metadata (python3dist(NAME) >=
-lower bound, markers evaluated for the target Python), less what the rpm bundles (whose own requirements are
-added instead).
+rpm's Python dependency generator writes those Requires from the dist-info the package installs into
+%{python3_sitelib} (on Fedora, and in Debian's rpm that packaging/build runs); the check makes sure it did, and
+that the result installs on Fedora.
 """
 
 from __future__ import annotations
@@ -17,8 +16,6 @@ import re
 import subprocess
 import sys
 import tomllib
-import zipfile
-from email.parser import Parser
 from pathlib import Path
 
 from packaging.markers import default_environment
@@ -56,33 +53,24 @@ FEDORA: dict[str, str] = {
 }
 
 
-def requires(pyproject: Path, bundled_wheels: list[Path], python: str) -> str:
+def wanted(pyproject: Path, python: str) -> dict[str, str]:
+    """{normalized name: lower bound or ""} of the project's dependencies on that Python."""
     env = {**default_environment(), "python_version": python, "python_full_version": f"{python}.0", "extra": ""}
-    lines = list(tomllib.loads(pyproject.read_text())["project"]["dependencies"])
-    bundled = set()
-    for wheel in bundled_wheels:
-        with zipfile.ZipFile(wheel) as z:
-            meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-            meta = Parser().parsestr(z.read(meta_name).decode())
-        bundled.add(canonicalize_name(meta["Name"]))
-        lines += meta.get_all("Requires-Dist") or []
     out: dict[str, str] = {}
-    for line in lines:
+    for line in tomllib.loads(pyproject.read_text())["project"]["dependencies"]:
         req = Requirement(line)
         if req.marker is not None and not req.marker.evaluate(env):
             continue
-        name = canonicalize_name(req.name)
-        if name in bundled:
-            continue
         lower = [s.version for s in req.specifier if s.operator in (">=", "==", "~=")]
-        out[name] = f"python3dist({name}) >= {lower[0]}" if lower else f"python3dist({name})"
-    return ";".join(out[n] for n in sorted(out))
+        out[canonicalize_name(req.name)] = lower[0] if lower else ""
+    return out
 
 
-def check(rpm: Path) -> int:
+def check(rpm: Path, pyproject: Path, python: str) -> int:
     listed = subprocess.run(["rpm", "-qp", "--requires", str(rpm)], capture_output=True, text=True, check=True)
     own = subprocess.run(["rpm", "-qp", "--provides", str(rpm)], capture_output=True, text=True, check=True)
     bad = []
+    required: dict[str, str] = {}
     for line in listed.stdout.splitlines():
         m = re.fullmatch(r"(\S+)(?:\s+(<=|>=|=|<|>)\s+(\S+))?", line.strip())
         if not m:
@@ -91,6 +79,10 @@ def check(rpm: Path) -> int:
         cap, op, ver = m.groups()
         if cap.startswith("rpmlib(") or line.strip() in own.stdout.splitlines():
             continue  # rpm's own features; what the package provides itself (config(corepool))
+        # the generator writes python3.13dist(NAME); Fedora's python3-NAME provides it as well as python3dist(NAME)
+        cap = re.sub(rf"^python{re.escape(python)}dist\(", "python3dist(", cap)
+        if (name := re.fullmatch(r"python3dist\((.+)\)", cap)) is not None and op == ">=":
+            required[canonicalize_name(name.group(1))] = ver
         if cap not in FEDORA:
             bad.append(f"{line}: no Fedora package provides {cap}")
             continue
@@ -99,6 +91,9 @@ def check(rpm: Path) -> int:
                        ">": Version(have) > Version(ver), "<": Version(have) < Version(ver),
                        "<=": Version(have) <= Version(ver)}[op]:
             bad.append(f"{line}: Fedora 42 has {cap} = {have}")
+    for name, lower in wanted(pyproject, python).items():
+        if name not in required or (lower and Version(required[name]) < Version(lower)):
+            bad.append(f"{pyproject} needs {name} >= {lower}, the rpm requires {required.get(name, 'nothing')}")
     if bad:
         print("; ".join(bad))
         return 1
@@ -107,15 +102,12 @@ def check(rpm: Path) -> int:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["requires"]:
-        args = sys.argv[2:]
-        python = "3.13"
-        if "--python" in args:
-            i = args.index("--python")
-            python = args[i + 1]
-            del args[i : i + 2]
-        print(requires(Path(args[0]), [Path(a) for a in args[1:]], python))
-    elif sys.argv[1:2] == ["check"]:
-        sys.exit(check(Path(sys.argv[2])))
-    else:
+    args = sys.argv[1:]
+    python = "3.13"
+    if "--python" in args:
+        i = args.index("--python")
+        python = args[i + 1]
+        del args[i : i + 2]
+    if len(args) != 3 or args[0] != "check":
         sys.exit(__doc__)
+    sys.exit(check(Path(args[1]), Path(args[2]), python))

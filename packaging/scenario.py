@@ -5,17 +5,21 @@
     python3 packaging/scenario.py root --root DIR --dsc DSC --log DIR [--unit-tests]
 
 ``host``: the .deb is already installed on the host; its units are copied into the sandbox's unit dir.
-``root``: DIR is a scratch copy of a Debian 13 root (packaging/test-install makes it from the cached one); its
-systemd is booted in the sandbox, and inside it, without network, the .deb is built from the .dsc
-(``dpkg-source -x`` + ``dpkg-buildpackage -b``) and installed with dpkg; with ``--unit-tests``, corepool's
-tests/unit then run there on its Python and libraries.
+``root``: DIR is a scratch copy of a Debian 13 root (packaging/test-install makes it from the cached one, which
+has no build tool); its systemd is booted in the sandbox, and inside it a git clone of this checkout's HEAD runs
+``packaging/build all``, which must install every tool it uses (pip, lintian, the build dependencies, rpm and
+rpmlint) and build a lintian-clean .deb and an rpmlint-clean .rpm; then, without network, the .deb is built
+from the host's .dsc (``dpkg-source -x`` + ``dpkg-buildpackage -b``) and installed with dpkg; with
+``--unit-tests``, corepool's tests/unit then run there on its Python and libraries.
 
 Then, on the pool ``shop`` (tests/apps/switchable.py; /etc/corepool/shop.toml) and the packaged demo:
-start (socket activation), ``systemctl reload`` blocks until only the new generation answers, a bad deploy
-(the app raises on import) rolls back and fails the reload (252: ExecReload=; 257: see packaging/README.md), SIGKILL
-of the primary under continuous load with 0 refused connections, stop, upgrade (dpkg -i again: postinst
-restarts the running pool), purge (prerm stops every pool and removes the sockets its units made, never a
-hand-started pool's). Prints ``ok ...`` lines; the last line of DIR/sandbox.result names the first failure.
+start (socket activation), ``systemctl reload`` blocks until only the new generation answers; three bad deploys
+(an import error, a hang at import, a canary answering 500s: tests/systemd/rollback.py), each on a pool of its
+own, roll back and FAIL ``systemctl reload`` with the unit active, the old workers serving and the reason in
+``systemctl status`` and the journal; SIGKILL of the primary under continuous load with 0 refused connections,
+stop, upgrade (dpkg -i again: postinst restarts the running pool), purge (prerm stops every pool and removes the
+sockets its units made, never a hand-started pool's). Prints ``ok ...`` lines; the last line of
+DIR/sandbox.result names the first failure.
 """
 
 from __future__ import annotations
@@ -23,14 +27,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.support import APPS, Load, free_port, get_json  # noqa: E402
+from tests.systemd.rollback import BAD_DEPLOYS, BadDeploy, check_reload_fails, config_for  # noqa: E402
 from tests.systemd.sandbox import Sandbox, SandboxError, sandbox_available  # noqa: E402
 
 NAME = "shop"
@@ -91,6 +98,7 @@ def scenario(sb: Sandbox, deb_inside: Path, unit_src: Path, report: Report, log:
         f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{demo_port}\n")
     switch = sb.write_file("apps/switch", "ok\n")
     app = sb.write_file("apps/switchable.py", (APPS / "switchable.py").read_text())
+    sb.write_file("apps/canary_app.py", (APPS / "canary_app.py").read_text())
     (sb.unit_dir / f"{SERVICE}.d").mkdir()
     (sb.unit_dir / f"{SERVICE}.d/switch.conf").write_text(f"[Service]\nEnvironment=SWITCH_FILE={switch}\n")
     config = sb.outside(Path(f"/etc/corepool/{NAME}.toml"))
@@ -99,14 +107,14 @@ def scenario(sb: Sandbox, deb_inside: Path, unit_src: Path, report: Report, log:
     unit_type = sb.run("systemctl", "show", "-p", "Type", "--value", SERVICE).stdout.strip()
     version = sb.run("systemctl", "--version").stdout.split()[1]
     report.ok(f"systemd {version}: {SERVICE} is Type={unit_type}")
-    # `corepool units` (the installed command) renders for the running systemd: the same Type, ExecReload= only
-    # on 252
+    # one form on every systemd: Type=notify, and ExecReload= fails the reload job when the pool rolled back;
+    # `corepool units` (the installed command) renders the same
     units = sb.run("/usr/bin/corepool", "units", "--app", "switchable:app", "--name", "mine", "--app-dir", "/srv")
     rendered = [ln for ln in units.stdout.splitlines() if ln.startswith(("Type=", "ExecReload=", "ReloadSignal="))]
-    want_reload = unit_type == "notify"
-    if f"Type={unit_type}" not in rendered or any(ln.startswith("ExecReload=") for ln in rendered) != want_reload:
-        raise Failed(f"corepool units on systemd {version} rendered {rendered}")
-    report.ok(f"corepool units on systemd {version}: {', '.join(ln.split(' ')[0] for ln in rendered)}")
+    if unit_type != "notify" or len(rendered) != 2 or rendered[0] != "Type=notify" \
+            or not rendered[1].endswith(" reload --wait --control /run/corepool/mine/control.sock"):
+        raise Failed(f"on systemd {version} {SERVICE} is Type={unit_type}; corepool units rendered {rendered}")
+    report.ok(f"corepool units on systemd {version}: {rendered[0]}, {rendered[1]}")
 
     # start
     sb.systemctl("start", SOCKET, "corepool@demo.socket")
@@ -128,26 +136,9 @@ def scenario(sb: Sandbox, deb_inside: Path, unit_src: Path, report: Report, log:
     report.ok(f"systemctl reload blocks until the roll is over ({took:.1f} s): then only generation "
               f"{min(after)} answers (was {gen})")
 
-    # a bad deploy: the new generation cannot import the app; the pool rolls back
-    gen = max(after)
-    sb.write_file("apps/switch", "broken\n")
-    r = sb.systemctl("reload", SERVICE, check=False, timeout=120)
-    still = generations(port)
-    sb.write_file("apps/switch", "ok\n")
-    if max(still) != gen or sb.show(SERVICE, "ActiveState") != "active":
-        raise Failed(f"after a bad deploy generation {gen} should still serve: {still}, "
-                     f"{SERVICE} {sb.show(SERVICE, 'ActiveState')}")
-    if unit_type == "notify-reload":
-        # systemd 257 has no way for a service to fail a notify-reload job (packaging/README.md): the reload
-        # returns once the rollback is over, and the status line says so.
-        text = sb.show(SERVICE, "StatusText")
-        report.ok(f"bad deploy: systemctl reload returned {r.returncode} after the rollback; generation {gen} "
-                  f"still serves; StatusText={text!r}")
-    elif r.returncode == 0:
-        raise Failed("systemctl reload succeeded although the new code did not boot (rolled back)")
-    else:
-        report.ok(f"bad deploy: systemctl reload fails ({r.stderr.strip().splitlines()[0][:90]}...); "
-                  f"generation {gen} still serves")
+    # bad deploys: each rolls back, and systemctl reload fails honestly
+    for deploy in BAD_DEPLOYS:
+        report.ok(bad_deploy(sb, deploy, app.parent, log))
 
     # SIGKILL of the primary under load: systemd holds the socket, restarts the pool, nobody is refused
     main = int(sb.show(SERVICE, "MainPID"))
@@ -213,6 +204,75 @@ def scenario(sb: Sandbox, deb_inside: Path, unit_src: Path, report: Report, log:
     report.ok("apt-get purge under systemd: every pool stopped, its sockets removed, /etc/corepool gone; "
               f"a hand-started pool's {hand} left alone")
     sb.run("rm", "-rf", "/run/corepool/byhand")
+
+
+def bad_deploy(sb: Sandbox, deploy: BadDeploy, apps: Path, log: Path) -> str:
+    """The pool corepool@NAME (NAME: the deploy's) serving deploy.good, then reloaded to deploy.bad; stopped after."""
+    name = deploy.name
+    service, socket = f"corepool@{name}.service", f"corepool@{name}.socket"
+    port = free_port()
+    (sb.unit_dir / f"{socket}.d").mkdir()
+    (sb.unit_dir / f"{socket}.d/port.conf").write_text(f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n")
+    switch = sb.write_file(f"apps/{name}.switch", deploy.good + "\n")
+    (sb.unit_dir / f"{service}.d").mkdir()
+    (sb.unit_dir / f"{service}.d/switch.conf").write_text(  # switchable.py reads SWITCH_FILE, canary_app CANARY_FILE
+        f"[Service]\nEnvironment=SWITCH_FILE={switch} CANARY_FILE={switch} CANARY_BASE=0.01\n")
+    config = sb.outside(Path(f"/etc/corepool/{name}.toml"))
+    config.write_text(config_for(deploy, CONFIG.format(app_dir=apps)))
+    sb.daemon_reload()
+    sb.systemctl("start", socket)
+    get_json(port, timeout=30)
+    active(sb, service)
+
+    def status() -> dict[str, Any]:
+        out = sb.run("/usr/bin/corepool", "status", "--json", "--control", f"/run/corepool/{name}/control.sock")
+        return dict(json.loads(out.stdout))
+
+    try:
+        line = check_reload_fails(sb, service, port, deploy, lambda text: sb.write_file(f"apps/{name}.switch", text),
+                                  status)
+    except AssertionError as exc:
+        raise Failed(f"bad deploy {name}: {exc}; journal: {journal_tail(sb, log)}") from None
+    sb.systemctl("stop", socket, service, timeout=120)
+    config.unlink()
+    return "bad deploy " + line
+
+
+# What packaging/build installs for itself: a root that has any of them already would prove nothing.
+BUILD_TOOLS = ("python3-pip", "lintian", "dpkg-dev", "debhelper", "build-essential", "rpm", "rpmlint")
+
+
+def installed(sb: Sandbox, packages: tuple[str, ...]) -> list[str]:
+    r = sb.run("dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\\n", *packages, check=False)
+    return [line.split()[0] for line in r.stdout.splitlines() if line.endswith(" installed")]
+
+
+def clone_build_in_root(sb: Sandbox, report: Report, log: Path) -> None:
+    """`git clone` of HEAD inside the root, then `packaging/build all` there, with the network (apt, PyPI)."""
+    if there := installed(sb, BUILD_TOOLS):
+        raise Failed(f"the Debian 13 root has {there} installed before packaging/build ran: it proves nothing")
+    bundle = sb.outside(Path("/build/corepool.bundle"))
+    bundle.parent.mkdir(parents=True, exist_ok=True)
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    subprocess.run(["git", "-C", str(ROOT), "bundle", "create", "--quiet", str(bundle), "HEAD"], check=True)
+    t0 = time.monotonic()
+    r = sb.run("sh", "-c", "rm -rf /build/clone && git -c advice.detachedHead=false -c init.defaultBranch=main "
+               "clone --quiet /build/corepool.bundle /build/clone && cd /build/clone && git rev-parse HEAD && "
+               "packaging/build all && python3 packaging/rpm_requires.py check dist/corepool-*.rpm pyproject.toml",
+               check=False, timeout=1200)
+    (log / "clone-build-in-root.log").write_text(r.stdout + r.stderr)
+    lines = (r.stdout + r.stderr).strip().splitlines()
+    if r.returncode != 0:
+        raise Failed(f"packaging/build all from a clone in the Debian 13 root failed: {lines[-3:]}")
+    if not lines or lines[0] != head:
+        raise Failed(f"the clone in the root is at {lines[:1]}, not HEAD {head}")
+    if missing := sorted(set(BUILD_TOOLS) - set(installed(sb, BUILD_TOOLS))):
+        raise Failed(f"packaging/build all succeeded but {missing} are not installed: what did it build with?")
+    summary = [ln.removeprefix("packaging/build: ") for ln in lines if ln.startswith("packaging/build: ")
+               and ("lintian" in ln or "rpmlint" in ln or "apt-get" in ln)] + lines[-1:]
+    report.ok(f"git clone of HEAD + packaging/build all in the Debian 13 root, no build tool there before "
+              f"({time.monotonic() - t0:.0f} s): {'; '.join(summary)}")
 
 
 def build_in_root(sb: Sandbox, dsc: Path, report: Report, log: Path) -> Path:
@@ -331,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             deb_inside = sb.write_file(args.deb.name, "")  # the checkout may lie under /tmp (a tmpfs inside)
             shutil.copyfile(args.deb, deb_inside)
         else:
+            clone_build_in_root(sb, report, args.log)
             deb_inside = build_in_root(sb, args.dsc, report, args.log)
             install_in_root(sb, deb_inside, report)
             if args.unit_tests:

@@ -74,9 +74,6 @@ def build_parser() -> argparse.ArgumentParser:
     units.add_argument("--config", help="a settings file for ExecStart= (default: none)")
     units.add_argument("--user", help="run as this user instead of a DynamicUser=")
     units.add_argument("--output", metavar="DIR", help="write the two files into DIR instead of printing them")
-    units.add_argument("--systemd-version", type=int, metavar="N",
-                       help="render the units for this systemd: 253 and newer get Type=notify-reload "
-                            "(default: the running one)")
 
     for name, text in (("status", "show the running pool and each worker"), ("reload", "rolling reload"),
                        ("drain", "take this host out of its load balancers: the health endpoint answers 503 while "
@@ -209,8 +206,7 @@ def _units(args: argparse.Namespace) -> int:
     if not settings.APP_SPEC.fullmatch(args.app):
         raise settings.SettingsError(f"--app {args.app!r} is not module:attribute (for example myapp:app)")
     req = unitgen.UnitRequest(app=args.app, name=args.name, listen=tuple(args.listen or ("127.0.0.1:8000",)),
-                              app_dir=args.app_dir, config=args.config, user=args.user,
-                              systemd_version=args.systemd_version)
+                              app_dir=args.app_dir, config=args.config, user=args.user)
     try:
         files = unitgen.render(req)
     except unitgen.UnitError as exc:

@@ -76,7 +76,7 @@ def line(p: Policy, requests: int, broadcast: str | None = None) -> str:
     if p.reloading and p.roll is not None:
         text += f"; reloading to generation {p.roll.generation}"
     elif p.last_reload is not None:
-        text += f"; last reload {'ok' if p.last_reload.ok else 'rolled back'}"
+        text += f"; last reload {'ok' if p.last_reload.ok else _rolled_back(p.last_reload.reason)}"
     backing_off = [s.index for s in p.slots.values() if s.retry_at is not None]
     if backing_off:
         text += f"; backing off slots {backing_off}"
@@ -87,6 +87,19 @@ def line(p: Policy, requests: int, broadcast: str | None = None) -> str:
     if broadcast:
         text += f"; {broadcast}"
     return text
+
+
+# systemd keeps a STATUS= of a few KiB at most, and `systemctl status` shows it on one line: the first part of a
+# long reason (an exception's message) says why; the journal's reload line has all of it.
+STATUS_REASON_MAX = 200
+
+
+def _rolled_back(reason: str) -> str:
+    """'rolled back: <why>', shortened for the status line (a rollback's reason starts with 'rolled back')."""
+    why = reason.removeprefix("rolled back").removeprefix(":").strip()
+    if len(why) > STATUS_REASON_MAX:
+        why = why[: STATUS_REASON_MAX - 1].rstrip() + "…"
+    return f"rolled back: {why}" if why else "rolled back"
 
 
 def death_counts(p: Policy) -> dict[str, int]:

@@ -24,6 +24,7 @@ import pytest
 
 from corepool import settings as corepool_settings
 from tests.support import APPS, Load, LoadResult, free_port, get_json, inflight
+from tests.systemd.rollback import BAD_DEPLOYS, BadDeploy, check_reload_fails, config_for
 from tests.systemd.sandbox import CHECKOUT, Sandbox, SandboxError
 
 SandboxFactory = Callable[..., Sandbox]
@@ -142,14 +143,15 @@ def install(
     """Install the derived units, a config for the instance ``t`` and drop-ins; nothing is started."""
     files = sb.state_dir / "files"
     config_dir = files / "etc"
-    for name in ("switchable.py",):
+    for name in ("switchable.py", "canary_app.py"):
         sb.write_file(f"apps/{name}", (APPS / name).read_text())
     sb.write_file(f"etc/{NAME}.toml", CONFIG.format(app=app, app_dir=files / "apps"))
     port = free_port()
     dropins = {
         f"{SERVICE}.d/test.conf": (
             "[Service]\n"
-            f"Environment=SWITCH_FILE={files / 'switch'}\n"
+            # the deploy's file: switchable.py reads SWITCH_FILE, canary_app.py CANARY_FILE
+            f"Environment=SWITCH_FILE={files / 'switch'} CANARY_FILE={files / 'switch'} CANARY_BASE=0.01\n"
             f"WatchdogSec={WATCHDOG_SEC}\n"
             "TimeoutStopSec=15\n" + service_dropin
         ),
@@ -259,20 +261,19 @@ def test_reload_under_load_blocks_until_rolled(pool: Pool) -> None:
     assert pool.sb.show(SERVICE, "ActiveState") == "active"
 
 
-def test_reload_to_broken_app_fails_and_old_workers_serve(pool: Pool) -> None:
+@pytest.mark.parametrize("deploy", BAD_DEPLOYS, ids=[d.name for d in BAD_DEPLOYS])
+def test_reload_that_rolls_back_fails_and_old_workers_serve(
+    sandbox_factory: SandboxFactory, corepool_venv: Path, deploy: BadDeploy
+) -> None:
+    """An import error, a hang at import and a canary answering 500s: `systemctl reload` fails, the unit stays
+    active, the old workers serve, and systemctl status and the journal say why (tests/systemd/rollback.py)."""
+    sb = sandbox_factory({})
+    pool = install(sb, corepool_venv)
+    sb.write_file(f"etc/{NAME}.toml", config_for(deploy, CONFIG.format(app=deploy.app, app_dir=pool.files / "apps")))
+    pool.set_mode(deploy.good)
+    pool.sb.systemctl("start", SOCKET)
     activate(pool)
-    before = pool.ready_pids()
-    pool.set_mode("broken")
-    out = pool.sb.systemctl("reload", SERVICE, check=False, timeout=40)
-    assert out.returncode != 0, out
-    assert pool.ready_pids() == before
-    served = {get_json(pool.port)["pid"] for _ in range(20)}
-    assert served <= before
-    assert pool.sb.show(SERVICE, "ActiveState") == "active"
-    assert pool.nrestarts() == 0
-    assert "rolled back" in pool.sb.wait_for(lambda: pool.sb.show(SERVICE, "StatusText"), what="StatusText")
-    # the reason reaches the journal through ExecReload's stderr
-    assert pool.journal_has("reload failed")
+    check_reload_fails(pool.sb, SERVICE, pool.port, deploy, pool.set_mode, pool.status)
 
 
 def test_sigstopped_worker_is_replaced_alone(pool: Pool) -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from corepool import events as ev
 from corepool import policy as p
+from corepool import status
 from corepool.policy import Policy, Timing
 
 
@@ -204,6 +205,23 @@ def test_reload_that_fails_to_boot_rolls_back_and_keeps_old_workers() -> None:
     assert not kinds(out, ev.Spawn) and not kinds(out, ev.Signal)
     assert set(h.ready()) == old and h.policy.generation == 1
     assert h.policy.last_reload is not None and not h.policy.last_reload.ok
+    # systemd's STATUS= (systemctl status) says why, as the journal's reload line does
+    line = status.line(h.policy, 0)
+    assert "; last reload rolled back: " + finished.reason.removeprefix("rolled back: ") in line, line
+    assert "boom" in line
+
+
+def test_status_line_shortens_a_long_rollback_reason() -> None:
+    h = Harness(workers=1)
+    h.start()
+    h.ready_all()
+    h.feed(ev.ReloadRequested(1.0))
+    new = h.booting()[0]
+    h.feed(ev.WorkerBootError(new, "ImportError: " + "x" * 5000, 1.5))
+    h.exit(new, description="exit code 3")
+    line = status.line(h.policy, 0)
+    why = line.partition("; last reload rolled back: ")[2].partition("…")[0] + "…"
+    assert "failed to boot: ImportError: xxx" in why and len(why) == status.STATUS_REASON_MAX, line
 
 
 def test_reload_boot_timeout_rolls_back() -> None:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from corepool import unitgen
@@ -9,8 +7,7 @@ from corepool import unitgen
 
 def test_renders_a_socket_and_service_for_an_app() -> None:
     req = unitgen.UnitRequest(app="shop.web:app", name="shop", listen=("127.0.0.1:9000", "[::1]:9000"),
-                              app_dir="/srv/shop", user="shop", executable=("/opt/corepool/bin/corepool",),
-                              systemd_version=252)
+                              app_dir="/srv/shop", user="shop", executable=("/opt/corepool/bin/corepool",))
     files = unitgen.render(req)
     assert set(files) == {"shop.socket", "shop.service"}
     sock, service = files["shop.socket"], files["shop.service"]
@@ -36,36 +33,21 @@ def test_warns_about_apps_under_home() -> None:
     assert any("ProtectHome" in w for w in unitgen.warnings_for(req))
 
 
-def test_systemd_253_and_later_get_notify_reload_without_exec_reload() -> None:
-    req = unitgen.UnitRequest(app="shop.web:app", name="shop", executable=("/opt/corepool/bin/corepool",),
-                              systemd_version=257)
+def test_the_service_fails_a_rolled_back_reload_on_every_systemd() -> None:
+    """Type=notify + ExecReload=corepool reload --wait: the one form whose reload job fails on a roll back (252 and
+    257 alike, tests/systemd and packaging/scenario.py); Type=notify-reload cannot fail one."""
+    req = unitgen.UnitRequest(app="shop.web:app", name="shop", executable=("/opt/corepool/bin/corepool",))
     settings = [line for line in unitgen.render(req)["shop.service"].splitlines() if not line.startswith("#")]
-    assert "Type=notify-reload" in settings and "ReloadSignal=SIGUSR2" in settings
-    assert "Type=notify" not in settings and not any(line.startswith("ExecReload=") for line in settings)
-    assert "NotifyAccess=main" in settings  # everything else is the 252 unit's
+    assert "Type=notify" in settings and "NotifyAccess=main" in settings
+    assert [line for line in settings if line.startswith("ExecReload=")] == [
+        "ExecReload=/opt/corepool/bin/corepool reload --wait --control /run/corepool/shop/control.sock"]
+    assert not any(line.startswith(("Type=notify-reload", "ReloadSignal=")) for line in settings)
 
 
-def test_for_systemd_keeps_252_units_and_is_idempotent() -> None:
-    text = (unitgen.template_dir() / "corepool@.service").read_text()
-    assert unitgen.for_systemd(text, 252) == text and unitgen.for_systemd(text, None) == text
-    native = unitgen.for_systemd(text, 253)
-    assert native != text and unitgen.for_systemd(native, 257) == native
-
-
-def test_write_units_adapts_only_the_service(tmp_path: Path) -> None:
-    written = unitgen.write_units(unitgen.template_dir(), tmp_path, 257)
-    names = {p.relative_to(tmp_path).as_posix() for p in written}
-    assert {"corepool@.service", "corepool@.socket", "corepool@demo.socket.d/listen.conf"} <= names
-    assert (tmp_path / "corepool@.socket").read_text() == (unitgen.template_dir() / "corepool@.socket").read_text()
-    assert "Type=notify-reload" in (tmp_path / "corepool@.service").read_text()
-
-
-def test_units_command_renders_for_the_systemd_it_is_told(capsys: pytest.CaptureFixture[str]) -> None:
+def test_units_command_prints_the_pair(capsys: pytest.CaptureFixture[str]) -> None:
     from corepool import cli
 
-    assert cli.main(["units", "--app", "a:app", "--name", "x", "--systemd-version", "257"]) == 0
-    newer = capsys.readouterr().out
-    assert "Type=notify-reload" in newer and "ExecReload=" not in newer.replace("No ExecReload=", "")
-    assert cli.main(["units", "--app", "a:app", "--name", "x", "--systemd-version", "252"]) == 0
-    older = capsys.readouterr().out
-    assert "Type=notify\n" in older and "ExecReload=" in older
+    assert cli.main(["units", "--app", "a:app", "--name", "x"]) == 0
+    out = capsys.readouterr().out
+    assert "# ---- x.socket\n" in out and "# ---- x.service\n" in out
+    assert "\nType=notify\n" in out and "\nExecReload=" in out
