@@ -107,23 +107,24 @@ backend hosts
                 out += chunk
         return out.decode()
 
+    def rows(self) -> list[dict[str, str]]:
+        """``show stat`` of the backend: one row per server, then the BACKEND row."""
+        lines = self.command("show stat").splitlines()
+        header = lines[0].lstrip("# ").split(",")
+        rows = [dict(zip(header, line.split(","), strict=False)) for line in lines[1:]]
+        return [row for row in rows if row.get("pxname") == "hosts" and row.get("svname") != "FRONTEND"]
+
     def states(self) -> dict[str, str]:
         """Server name -> HAProxy's status of it (UP, DOWN, UP 1/2, DOWN 1/2, ...)."""
-        lines = self.command("show stat").splitlines()
-        header = lines[0].lstrip("# ").split(",")
-        found = {}
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "hosts" and row.get("svname") not in ("BACKEND", "FRONTEND"):
-                found[row["svname"]] = row["status"]
-        return found
+        return {row["svname"]: row["status"] for row in self.rows() if row["svname"] != "BACKEND"}
+
+    def downs(self) -> dict[str, int]:
+        """Server name -> how many times HAProxy marked it down (``chkdown``: UP to DOWN transitions)."""
+        return {row["svname"]: int(row["chkdown"]) for row in self.rows() if row["svname"] != "BACKEND"}
 
     def backend_counters(self) -> dict[str, str]:
-        lines = self.command("show stat").splitlines()
-        header = lines[0].lstrip("# ").split(",")
-        for line in lines[1:]:
-            row = dict(zip(header, line.split(","), strict=False))
-            if row.get("pxname") == "hosts" and row.get("svname") == "BACKEND":
+        for row in self.rows():
+            if row["svname"] == "BACKEND":
                 return {k: row[k] for k in ("wretr", "wredis", "econ", "eresp")}
         return {}
 
