@@ -547,7 +547,11 @@ class Policy:
         why = w.kill_reason or w.replace_reason or w.boot_error or description
         if slot is not None:
             slot.deaths[cause.value] = slot.deaths.get(cause.value, 0) + 1
-        fields: tuple[tuple[str, str | int], ...] = (("CAUSE", cause.value),)
+        # the worker is gone from self.workers: its report carries its own fields
+        fields: tuple[tuple[str, str | int], ...] = (("CAUSE", cause.value), ("GENERATION", w.generation),
+                                                     ("SLOT", w.slot))
+        if w.pid is not None:
+            fields += (("WORKER_PID", w.pid),)
         if sig is not None:
             fields += (("SIGNAL", sig),)
         out.append(
