@@ -203,8 +203,9 @@ def _check(args: argparse.Namespace) -> int:
             print(exc.detail.rstrip(), file=sys.stderr)
         return _fail(EXIT_FAILURE, str(exc))
     interface = apps.detect_interface(app, s.interface)
+    from corepool.policy import counted
     print(
-        f"ok: {s.app} ({interface}), {s.workers} workers, bind {' '.join(s.bind)}, "
+        f"ok: {s.app} ({interface}), {counted(s.workers, 'worker')}, bind {' '.join(s.bind)}, "
         f"control socket {s.control_path()}"
     )
     return 0
