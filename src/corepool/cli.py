@@ -148,7 +148,7 @@ def _serve(args: argparse.Namespace) -> int:
     log.setup(s.log_level)
     notifier = Notifier()
     try:
-        acquired = listeners.acquire(s.bind, s.backlog, os.environ)
+        acquired = listeners.acquire(s.bind, s.backlog, os.environ, _endpoints(s))
     except listeners.ListenerError as exc:
         return _fail(EXIT_FAILURE, str(exc))
     if acquired.warning:
@@ -169,8 +169,17 @@ def _serve(args: argparse.Namespace) -> int:
     return Primary(s, acquired.listeners, notifier, flags).run()
 
 
+def _endpoints(s: settings.Settings) -> tuple[tuple[str, str, int], ...]:
+    """The primary's own sockets to bind (or take back from the fd store): (name, address, backlog)."""
+    from corepool import health, metrics
+
+    return tuple((name, address, backlog) for name, address, backlog in (
+        (metrics.NAME, s.metrics_bind, metrics.BACKLOG), (health.NAME, s.health_bind, health.BACKLOG)) if address)
+
+
 def _keep_in_fd_store(notifier: Notifier, acquired: Acquired) -> None:
-    """Sockets corepool bound itself go into systemd's fd store, so a restarted primary finds them open."""
+    """Sockets corepool bound itself (the app's, the health and metrics endpoints') go into systemd's fd store,
+    so a restarted primary finds them open."""
     from corepool.listeners import FDSTORE_PREFIX
 
     own = [lst for lst in acquired.listeners if lst.source in ("bind", "fdstore")]
@@ -191,8 +200,9 @@ def _check(args: argparse.Namespace) -> int:
             print(exc.detail.rstrip(), file=sys.stderr)
         return _fail(EXIT_FAILURE, str(exc))
     interface = apps.detect_interface(app, s.interface)
+    from corepool.policy import counted
     print(
-        f"ok: {s.app} ({interface}), {s.workers} workers, bind {' '.join(s.bind)}, "
+        f"ok: {s.app} ({interface}), {counted(s.workers, 'worker')}, bind {' '.join(s.bind)}, "
         f"control socket {s.control_path()}"
     )
     return 0

@@ -202,35 +202,35 @@ class Acquired:
     stale_store_names: set[str] = field(default_factory=set)  # FDNAMEs systemd kept that are no longer wanted
 
 
-def acquire(binds: tuple[str, ...], backlog: int, environ: MutableMapping[str, str]) -> Acquired:
+def acquire(binds: tuple[str, ...], backlog: int, environ: MutableMapping[str, str],
+            endpoints: tuple[tuple[str, str, int], ...] = ()) -> Acquired:
     """The sockets to serve.
 
     A socket unit's sockets win when systemd passed any. Otherwise each ``--bind`` address is taken from the
     sockets systemd kept in its fd store for an earlier run of this service (so connections queue in the
-    kernel across a crash and restart instead of being refused), or bound afresh.
+    kernel across a crash and restart instead of being refused), or bound afresh. ``endpoints`` are the
+    primary's own sockets, ``(name, address, backlog)`` (``health``/``metrics`` from ``health_bind``/
+    ``metrics_bind``): taken from the fd store or bound the same way, unless a socket of that name was passed.
     """
     inherited, warning = from_systemd(environ)
     from_unit = [lst for lst in inherited if not lst.name.startswith(FDSTORE_PREFIX)]
     stored = [lst for lst in inherited if lst.name.startswith(FDSTORE_PREFIX)]
-    if from_unit:
-        for lst in stored:
-            lst.close()
-        return Acquired(from_unit, warning, bool(stored), {lst.name for lst in stored})
-    result: list[Listener] = []
+    result: list[Listener] = list(from_unit)
     changed = False
     try:
-        for spec in binds:
-            name, _ = split_name(spec)
-            family, address = parse_bind(spec)
-            wanted = FDSTORE_PREFIX + name
-            kept = next((lst for lst in stored if lst.name == wanted and _bound_to(lst, family, address)), None)
-            if kept is not None:
-                stored.remove(kept)
-                kept.name, kept.source = name, "fdstore"
-                result.append(kept)
-            else:
-                result.append(bind(spec, backlog))
-                changed = True
+        for spec in () if from_unit else binds:
+            listener, fresh = _stored_or_bound(spec, backlog, stored)
+            result.append(listener)
+            changed |= fresh
+        for name, address, endpoint_backlog in endpoints:
+            if any(lst.name == name for lst in result):
+                continue  # a socket unit's socket of that name (or --bind NAME=ADDR) is the endpoint's
+            try:
+                listener, fresh = _stored_or_bound(f"{name}={address}", endpoint_backlog, stored)
+            except ListenerError as exc:
+                raise ListenerError(f"{name}_bind: {exc}") from None
+            result.append(listener)
+            changed |= fresh
     except ListenerError:
         for lst in result + stored:
             lst.close()
@@ -239,6 +239,19 @@ def acquire(binds: tuple[str, ...], backlog: int, environ: MutableMapping[str, s
         lst.close()
         changed = True
     return Acquired(result, warning, changed, {lst.name for lst in stored})
+
+
+def _stored_or_bound(spec: str, backlog: int, stored: list[Listener]) -> tuple[Listener, bool]:
+    """The socket for ``[NAME=]ADDRESS`` that systemd kept (removed from ``stored``), or a fresh one (True)."""
+    name, _ = split_name(spec)
+    family, address = parse_bind(spec)
+    wanted = FDSTORE_PREFIX + name
+    kept = next((lst for lst in stored if lst.name == wanted and _bound_to(lst, family, address)), None)
+    if kept is None:
+        return bind(spec, backlog), True
+    stored.remove(kept)
+    kept.name, kept.source = name, "fdstore"
+    return kept, False
 
 
 def _bound_to(listener: Listener, family: socket.AddressFamily, address: str | tuple[str, int]) -> bool:

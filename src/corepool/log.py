@@ -2,7 +2,9 @@
 
 Every pool event is logged with fields ``EVENT`` (spawn, ready, exit, kill, backoff, reload, scale, stop, ...),
 and where they apply ``WORKER_PID``, ``GENERATION`` and ``SLOT``; under journald they become journal fields
-(``journalctl -u corepool@NAME EVENT=reload``), on a terminal they are left out of the line.
+(``journalctl -u corepool@NAME EVENT=reload``), on a terminal they are left out of the line. The journal is
+written with corepool's own implementation of journald's native protocol (:mod:`corepool.journal`), so a plain
+``pip install corepool`` has the fields too, and logging never blocks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import sys
 from typing import Any
 
+from corepool.journal import JournalHandler
 from corepool.systemd import journal_stream_is_stderr
 
 logger = logging.getLogger("corepool")
@@ -25,19 +28,15 @@ class _PlainFormatter(logging.Formatter):
 
 def setup(level: str = "info", role: str = "primary") -> None:
     """Send the ``corepool`` logger to journald when stderr is the journal, else to stderr as plain lines."""
-    handler: logging.Handler | None = None
+    handler: logging.Handler
     if journal_stream_is_stderr():
-        try:
-            from systemd.journal import JournalHandler
-
-            handler = JournalHandler(SYSLOG_IDENTIFIER="corepool", ROLE=role)
-        except ImportError:
-            handler = None
-    if handler is None:
+        handler = JournalHandler("corepool", {"ROLE": role}, plain=_PlainFormatter())
+    else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
     for old in list(logger.handlers):
         logger.removeHandler(old)
+        old.close()  # a forked worker's copy of the primary's journal socket
     logger.addHandler(handler)
     logger.setLevel(level.upper())
     logger.propagate = False
@@ -57,4 +56,5 @@ def event(event: str, message: str, *, warning: bool = False, **fields: Any) -> 
     """Log one pool event with its structured fields (upper-case names, journald style)."""
     extra: dict[str, Any] = {"EVENT": event, "ROLE": _role[0], **_bound}
     extra.update({k.upper(): v for k, v in fields.items() if v is not None})
-    logger.log(logging.WARNING if warning else logging.INFO, message, extra=extra)
+    # stacklevel 2: CODE_FILE/CODE_LINE/CODE_FUNC name the caller, not this function
+    logger.log(logging.WARNING if warning else logging.INFO, message, extra=extra, stacklevel=2)

@@ -179,6 +179,15 @@ class ReloadResult:
     finished_at: float
 
 
+# How a process that corepool asked to stop (SIGTERM) ends when it does as told: the primary's descriptions.
+AS_TOLD = frozenset({"exit code 0", "killed by SIGTERM"})
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 worker``, ``2 workers``: a count as the pool's messages say it."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 class PoolPhase(enum.Enum):
     IDLE = "idle"
     STARTING = "starting"
@@ -397,7 +406,10 @@ class Policy:
         if loader is None:
             return
         why = loader.kill_reason or loader.boot_error or description
-        if loader.stopping:
+        if loader.stopping and description in AS_TOLD:  # it ended because it was told to: no error
+            why_stopped = "pool stopping" if self.phase is PoolPhase.STOPPING else "retired"
+            out.append(Report("loader", f"loader {loader.pid} of generation {generation} stopped ({why_stopped})"))
+        elif loader.stopping:
             out.append(Report("loader", f"loader {loader.pid} of generation {generation} exited: {description}"))
         else:
             out.append(Report("loader", f"loader {loader.pid} of generation {generation} died: {why}", warning=True))
@@ -548,14 +560,22 @@ class Policy:
         why = w.kill_reason or w.replace_reason or w.boot_error or description
         if slot is not None:
             slot.deaths[cause.value] = slot.deaths.get(cause.value, 0) + 1
-        fields: tuple[tuple[str, str | int], ...] = (("CAUSE", cause.value),)
+        # the worker is gone from self.workers: its report carries its own fields
+        fields: tuple[tuple[str, str | int], ...] = (("CAUSE", cause.value), ("GENERATION", w.generation),
+                                                     ("SLOT", w.slot))
+        if w.pid is not None:
+            fields += (("WORKER_PID", w.pid),)
         if sig is not None:
             fields += (("SIGNAL", sig),)
+        if expected and description in AS_TOLD:  # drained and ended as told: say why it was asked to
+            message = f"worker {self._name(w)} stopped ({cause.value})"
+        else:
+            message = (f"worker {self._name(w)} {'exited' if expected else 'died'}: {description}"
+                       + (f" ({why})" if why != description else ""))
         out.append(
             Report(
                 "exit" if expected else "death",
-                f"worker {self._name(w)} {'exited' if expected else 'died'}: {description}"
-                + (f" ({why})" if why != description else ""),
+                message,
                 wid,
                 warning=not expected,
                 fields=fields,
@@ -655,7 +675,7 @@ class Policy:
         self.roll = Roll(generation=generation, pending_slots=sorted(self.slots), started_at=now)
         out.append(ReloadStarted(generation))
         count = len(self.slots)
-        out.append(Report("reload", f"{reason}: rolling {count} workers to generation {generation}"))
+        out.append(Report("reload", f"{reason}: rolling {counted(count, 'worker')} to generation {generation}"))
         self._roll_next(now, out)
 
     def _roll_next(self, now: float, out: list[Action]) -> None:

@@ -198,7 +198,7 @@ class Primary:
         log.event(
             "start",
             f"corepool {self._version()} primary {os.getpid()}: serving {self.settings.app} on {where} with "
-            f"{self.settings.workers} workers; control socket {self.control.path}"
+            f"{policy.counted(self.settings.workers, 'worker')}; control socket {self.control.path}"
             + (f"; health checks on {self.health.address}" if self.health.address else ""),
         )
         self.notifier.extend_timeout(self.settings.boot_timeout + 10)
@@ -405,7 +405,7 @@ class Primary:
             case events.Report(event, message, wid, warning, fields):
                 self._report(event, message, wid, warning, dict(fields))
             case events.PoolReady():
-                ready = f"ready: {self.policy.ready_count()} workers serving"
+                ready = f"ready: {policy.counted(self.policy.ready_count(), 'worker')} serving"
                 log.event("ready", f"pool {ready} (pid {os.getpid()})", generation=self.policy.generation)
                 self.notifier.ready(self.status_line())
                 hooks.run("when_ready", self.when_ready, self.status())

@@ -7,6 +7,7 @@ README's table all come from that declaration.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -355,6 +356,13 @@ def read_file(path: str) -> dict[str, Any]:
     return data
 
 
+def did_you_mean(key: str) -> str:
+    """`` (did you mean 'workers'?)`` for a key close to a setting's name, else nothing: the README and
+    ``corepool serve --help`` list them all."""
+    close = difflib.get_close_matches(key, FIELD_BY_NAME, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def load(config_path: str | None = None, flags: Mapping[str, Any] | None = None) -> Settings:
     """Merge defaults, the TOML file and the flags (in that order) into one checked :class:`Settings`."""
     values: dict[str, Any] = {}
@@ -363,15 +371,14 @@ def load(config_path: str | None = None, flags: Mapping[str, Any] | None = None)
         for key, value in data.items():
             f = FIELD_BY_NAME.get(key)
             if f is None:
-                known = ", ".join(sorted(FIELD_BY_NAME))
-                raise SettingsError(f"unknown setting '{key}' in {config_path} (known settings: {known})")
+                raise SettingsError(f"unknown setting '{key}' in {config_path}{did_you_mean(key)}")
             values[key] = coerce(f, value, config_path)
     for key, value in (flags or {}).items():
         if value is None:
             continue
         f = FIELD_BY_NAME.get(key)
-        if f is None:
-            raise SettingsError(f"unknown setting '{key}'")
+        if f is None:  # flags come from FIELDS: only a caller passing its own dict gets here
+            raise SettingsError(f"unknown setting '{key}'{did_you_mean(key)}")
         values[key] = coerce(f, value, "flag")
     values = {k: v for k, v in values.items() if v is not None}
     app = values.get("app")
