@@ -36,6 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tests.hostile import corpus  # noqa: E402
 from tests.support import APPS, Load, free_port, get_json  # noqa: E402
 from tests.systemd.rollback import BAD_DEPLOYS, BadDeploy, check_reload_fails, config_for  # noqa: E402
 from tests.systemd.sandbox import Sandbox, SandboxError, sandbox_available  # noqa: E402
@@ -334,7 +335,7 @@ def install_in_root(sb: Sandbox, deb: Path, report: Report) -> None:
 
 # Integration tests run there too: real pools (both modes) on the root's Python, uvicorn and websockets.
 ROOT_TESTS = ("tests/unit", "tests/integration/test_pool.py", "tests/integration/test_preload.py",
-              "tests/integration/test_websocket.py",
+              "tests/integration/test_websocket.py", "tests/integration/test_http_front.py", "tests/hostile",
               "tests/integration/test_hooks.py", "tests/integration/test_notify.py")
 
 
@@ -349,11 +350,16 @@ def unit_tests_in_root(sb: Sandbox, report: Report, log: Path) -> None:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for tree in ("src", "units", "tests", "bench", "docs"):
         shutil.copytree(ROOT / tree, dest / tree, ignore=ignore)
+    # gunicorn's request corpus (tests/hostile): the sdist the host's run already fetched, checked, not fetched again
+    cache = dest / ".cache" / "corepool-tests"
+    cache.mkdir(parents=True)
+    shutil.copy2(corpus.sdist(), cache)
     py = sb.run("python3", "--version").stdout.strip()
     t0 = time.monotonic()
     # The checkout's src/ (what the tests are for) on Debian 13's Python and libraries; the private directory
     # after it for httptools, which Debian 13 has too old.
-    r = sb.run("sh", "-c", "cd /opt/corepool-tests && PYTHONPATH=/opt/corepool-tests/src:/usr/lib/corepool "
+    r = sb.run("sh", "-c", "cd /opt/corepool-tests && XDG_CACHE_HOME=/opt/corepool-tests/.cache "
+               "PYTHONPATH=/opt/corepool-tests/src:/usr/lib/corepool "
                f"python3 -m pytest -q -rfE -p no:cacheprovider {' '.join(ROOT_TESTS)}", check=False, timeout=900)
     (log / "unit-tests-in-root.log").write_text(r.stdout + r.stderr)
     lines = r.stdout.strip().splitlines() or ["(no output)"]
