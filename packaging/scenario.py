@@ -319,7 +319,7 @@ def install_in_root(sb: Sandbox, deb: Path, report: Report) -> None:
     if any(r.returncode != 0 for r in outs.values()) or len(set(texts.values())) != 1:
         raise Failed(f"the command and the public module differ: {texts}")
     # corepool's WSGI bridge is its own: a2wsgi must be neither bundled nor needed
-    where = sb.run("python3", "-c", "import corepool, uvicorn, httptools, uvloop, systemd.daemon, pathlib; "
+    where = sb.run("python3", "-c", "import corepool, uvicorn, httptools, uvloop, pathlib; "
                    "assert not list(pathlib.Path('/usr/lib/corepool').glob('a2wsgi*')), 'a2wsgi is bundled'; "
                    "print(f'uvicorn {uvicorn.__version__} ({uvicorn.__file__}), httptools {httptools.__version__} "
                    "({httptools.__file__}); a2wsgi not bundled')", check=False)
