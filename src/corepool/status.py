@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from corepool.policy import Policy
+from corepool.policy import Policy, counted
 from corepool.traffic import BUCKETS
 
 
@@ -70,7 +70,8 @@ def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
 
 def line(p: Policy, requests: int, broadcast: str | None = None) -> str:
     """The one-line summary systemd shows as the unit's status (``broadcast``: the backend's note, if any)."""
-    text = f"{p.ready_count()}/{p.workers_wanted} workers ready, generation {p.generation}, {requests} requests"
+    text = (f"{p.ready_count()}/{p.workers_wanted} workers ready, generation {p.generation}, "
+            f"{counted(requests, 'request')}")
     if p.host_draining and p.phase.value not in ("stopping", "exited"):
         text += "; host draining (health 503)" + (", then stopping" if p.host_drain_then_stop else "")
     if p.reloading and p.roll is not None:
@@ -135,7 +136,7 @@ def format_text(status: dict[str, Any]) -> str:
     """The human-readable ``corepool status``."""
     lines = [
         f"corepool {status['name']!r} primary {status['pid']}: {status['phase']}, generation {status['generation']}, "
-        f"{status['workers_ready']}/{status['workers_wanted']} workers ready, {status['requests']} requests"
+        f"{status['workers_ready']}/{status['workers_wanted']} workers ready, {counted(status['requests'], 'request')}"
         + (" (reloading)" if status["reloading"] else ""),
         "listening on " + ", ".join(f"{x['address']} ({x['source']})" for x in status["listeners"])
         + (f"; metrics on {status['metrics']}" if status.get("metrics") else ""),

@@ -237,7 +237,7 @@ def test_socket_activation_status_mainpid_and_cgroup(pool: Pool) -> None:
     # the live STATUS= line: ready/total, generation, requests
     text = sb.wait_for(lambda: t if (t := sb.show(SERVICE, "StatusText")).startswith("2/2 workers ready") else "",
                        what="StatusText")
-    assert "generation 1" in text and "requests" in text
+    assert "generation 1" in text and " request" in text
     assert sb.show(SERVICE, "NotifyAccess") == "main"
 
 
