@@ -29,7 +29,7 @@ import pytest
 from tests.support import APPS, free_port, get_json
 
 pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None or shutil.which("promtool") is None,
-                                reason="needs Debian's prometheus package (scripts/setup installs it)")
+                                reason="needs Debian's prometheus package (scripts/setup --test installs it)")
 
 
 class Prometheus:

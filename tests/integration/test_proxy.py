@@ -102,7 +102,7 @@ class Nginx:
 @pytest.fixture
 def nginx(tmp_path: Path) -> Iterator[Any]:
     if shutil.which("nginx") is None:
-        pytest.skip("nginx is not installed (scripts/setup installs it)")
+        pytest.skip("nginx is not installed (scripts/setup --test installs it)")
     started: list[Nginx] = []
 
     def start(upstream: str) -> Nginx:
