@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 # One line per task result with -v: `changed: [a] => {...}`, `fatal: [a]: FAILED! => {...}`.
 RESULT = re.compile(r"^(?:ok|changed|fatal): \[(\w+)\](?:: FAILED!)? => (\{.*\})$", re.MULTILINE)
 
-pytestmark = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy is not installed (scripts/setup)")
+pytestmark = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy is not installed (scripts/setup --test)")
 
 
 def inventory(tmp: Path, hosts: list[Host]) -> Path:

@@ -24,7 +24,7 @@ from tests.support import Load
 
 ROLL = Path(__file__).parents[2] / "scripts" / "fleet-roll"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy is not installed (scripts/setup)")
+pytestmark = pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy is not installed (scripts/setup --test)")
 
 
 def roll(*hosts: Host) -> subprocess.CompletedProcess[str]:
