@@ -135,11 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--base", type=Path, help="an earlier commit's src/ tree: measure it too")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/corepool-metrics-cost"))
-    parser.add_argument("--micro", action="store_true", help="only the tracker's own CPU per request")
     args = parser.parse_args(argv)
-    if args.micro:
-        tracker_cost(args.base)
-        return 0
     variants = {"counting": REPO / "src", "metrics": REPO / "src"}
     if args.base is not None:
         variants = {"base": args.base, **variants}
@@ -162,49 +158,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {med_rps:.0f} ({min(rps[name]):.0f}-{max(rps[name]):.0f}) | {med_rps / ref_rps:.3f} | "
               f"{med_cpu:.1f} ({min(cpu[name]):.1f}-{max(cpu[name]):.1f}) | {med_cpu / ref_cpu:.3f} |")
     return 0
-
-
-def tracker_cost(base: Path | None, n: int = 200_000) -> None:
-    """CPU per request of the RequestTracker alone (and of ``base``'s, before counting), around a trivial app."""
-    import asyncio
-    import importlib.util
-    from typing import Any
-
-    from corepool.engines import tracking
-
-    async def app(_scope: Any, _receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"hi"})
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request"}
-
-    async def send(_message: Any) -> None:
-        pass
-
-    scope = {"type": "http", "method": "GET", "path": "/"}
-
-    async def loop(tracker: Any, count: int) -> None:
-        for _ in range(count):
-            await tracker(scope, receive, send)
-
-    def per_request(module: Any) -> float:
-        tracker = module.RequestTracker(app)
-        runner = asyncio.new_event_loop()
-        runner.run_until_complete(loop(tracker, 1000))
-        start = time.process_time()
-        runner.run_until_complete(loop(tracker, n))
-        runner.close()
-        return (time.process_time() - start) / n * 1e6
-
-    modules = {"counting": tracking}
-    if base is not None:
-        spec = importlib.util.spec_from_file_location("base_tracking", base / "corepool/engines/tracking.py")
-        assert spec is not None and spec.loader is not None
-        modules = {"base": importlib.util.module_from_spec(spec), **modules}
-        spec.loader.exec_module(modules["base"])
-    for name, module in modules.items():
-        print(f"{name:9} {min(per_request(module) for _ in range(3)):.2f} us CPU per request in the tracker")
 
 
 def _interrupted(_signum: int, _frame: object) -> None:

@@ -192,6 +192,7 @@ def test_an_exception_in_a_view_is_logged_once_by_the_worker_with_its_traceback(
 
 def test_an_app_error_event_carries_worker_generation_and_request_path() -> None:
     from corepool import log
+    from corepool.engines.stats import RequestStats
     from corepool.engines.tracking import RequestTracker
 
     records: list[logging.LogRecord] = []
@@ -208,7 +209,8 @@ def test_an_app_error_event_carries_worker_generation_and_request_path() -> None
     try:
         log.bind(worker_pid=4242, generation=7, slot=1)
         with pytest.raises(RuntimeError):
-            asyncio.run(RequestTracker(failing)({"type": "http", "method": "GET", "path": "/x"}, print, print))
+            tracker = RequestTracker(failing, RequestStats())
+            asyncio.run(tracker({"type": "http", "method": "GET", "path": "/x"}, print, print))
     finally:
         log.logger.removeHandler(handler)
         log._bound.clear()

@@ -26,13 +26,14 @@ from typing import Any
 
 import uvicorn
 
-from corepool import log, traffic
+from corepool import log
 from corepool.balance import cell_of
 from corepool.engines import front, tracking, websocket
 from corepool.engines.accept import Acceptor, Balancer
 from corepool.engines.eventloop import loop_factory
 from corepool.engines.httpfront import FrontLineProtocol
 from corepool.engines.routes import Route
+from corepool.engines.stats import RequestStats
 from corepool.workerapi import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
 
@@ -156,7 +157,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
     log.bind(worker_pid=os.getpid(), generation=spec.generation, slot=spec.slot)
     tracking.silence_uvicorn_app_errors()
     servers = []
-    trackers: list[tracking.RequestTracker] = []
+    requests = RequestStats()
     bridges: list[wsgi.WSGIBridge] = []
     for route in routes:
         if route.interface == "wsgi":
@@ -168,37 +169,25 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
         config.load()
         config.loaded_app = front.wrap(config.loaded_app, spec.http)
         # Outermost, so it sees every request and every exception the app (or a WSGI bridge) lets through.
-        tracker = tracking.RequestTracker(config.loaded_app, body_waits=route.interface != "wsgi")
-        config.loaded_app = tracker
-        trackers.append(tracker)
+        config.loaded_app = tracking.RequestTracker(config.loaded_app, requests, body_waits=route.interface != "wsgi")
         servers.append((PoolServer(config, balancer), route.sockets))
 
     def stats() -> dict[str, Any]:
         """What a pong tells the primary about this worker."""
-        oldest = max((o for t in trackers if (o := t.oldest()) is not None), default=None)
         return {
-            "requests": sum(t.total for t in trackers),
-            "inflight": sum(len(t.inflight) for t in trackers),
-            "oldest": None if oldest is None else [round(oldest[0], 3), oldest[1]],
-            "websockets": sum(t.websockets for t in trackers),
+            **requests.pong(),
             "connections": balancer.open_connections(),
             "threads": sum(b.threads for b in bridges),
             "busy_threads": sum(b.busy for b in bridges),
-            # Cumulative counts by method/status class and durations, for metrics and the canary.
-            "traffic": traffic.combine(t.counted() for t in trackers).to_wire(),
         }
 
     def on_request_limit(limit: int) -> None:
         """max_requests: report once on reaching ``limit``, so the primary can start the replacement."""
 
-        def check() -> None:
-            if sum(t.total for t in trackers) >= limit:
-                for t in trackers:
-                    t.after_request = None
-                link.send("pong", seq=None, **stats())
+        def report() -> None:
+            link.send("pong", seq=None, **stats())
 
-        for t in trackers:
-            t.after_request = check
+        requests.limit_requests(limit, report)
 
     link.on_request_limit = on_request_limit
     link.on_share = balancer.cap_share

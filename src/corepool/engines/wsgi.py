@@ -35,7 +35,8 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
-from corepool.engines.tracking import AppClock, current_clock
+from corepool.engines.stats import AppClock
+from corepool.engines.tracking import current_clock
 from corepool.settings import HttpOptions
 
 THREADS = HttpOptions.threads
