@@ -1,4 +1,5 @@
-"""``python -m bench all|throughput|reload|crash|memory|startup|fairness|wsgi-threads|report [--quick]``.
+"""``python -m bench all|throughput|reload|crash|memory|startup|fairness|wsgi-threads|report [--quick]``, and
+``python -m bench cpu ...`` (CPU per request, A/B against earlier commits: bench/cpu.py).
 
 Runs itself in the bench's private venv (created on first use from /usr/bin/python3 with the pinned peers and
 corepool from this checkout), measures, and writes ``docs/benchmarks/README.md`` and PNG plots. ``--quick`` is the
@@ -19,6 +20,12 @@ def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    if args_list[:1] == ["cpu"]:  # CPU per request, A/B and against the peers (bench/cpu.py)
+        if not env.in_peers_venv():
+            env.reexec_in_peers(args_list)  # does not return
+        from bench import cpu
+
+        return cpu.main(args_list[1:])
     ap.add_argument("case", choices=["all", "throughput", "reload", "crash", "memory", "startup", "fairness",
                                      "wsgi-threads", "report"])  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="CI smoke run: 1 repetition, tiny durations")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import logging
@@ -18,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from corepool.engines.httpfront import LINGER_BYTES
+from corepool.engines.http11 import LINGER_BYTES
 from tests.support import get_json, request
 
 APPS = {"asgi": "http_asgi:app", "wsgi": "http_wsgi:app"}
@@ -192,8 +191,7 @@ def test_an_exception_in_a_view_is_logged_once_by_the_worker_with_its_traceback(
 
 def test_an_app_error_event_carries_worker_generation_and_request_path() -> None:
     from corepool import log
-    from corepool.engines.stats import RequestStats
-    from corepool.engines.tracking import RequestTracker
+    from corepool.engines.stats import log_app_error
 
     records: list[logging.LogRecord] = []
 
@@ -201,16 +199,14 @@ def test_an_app_error_event_carries_worker_generation_and_request_path() -> None
         def emit(self, record: logging.LogRecord) -> None:
             records.append(record)
 
-    async def failing(scope: Any, receive: Any, send: Any) -> None:
-        raise RuntimeError("nope")
-
     handler = Keep()
     log.logger.addHandler(handler)
     try:
         log.bind(worker_pid=4242, generation=7, slot=1)
-        with pytest.raises(RuntimeError):
-            tracker = RequestTracker(failing, RequestStats())
-            asyncio.run(tracker({"type": "http", "method": "GET", "path": "/x"}, print, print))
+        try:
+            raise RuntimeError("nope")
+        except RuntimeError as exc:
+            log_app_error("GET /x", exc, "/x", "GET")
     finally:
         log.logger.removeHandler(handler)
         log._bound.clear()
@@ -263,7 +259,7 @@ def test_root_path_mounts_the_app_under_a_prefix(pool_factory: Any, app: str) ->
 def test_server_and_date_headers_can_be_turned_off(pool_factory: Any, app: str) -> None:
     on = pool_factory(app, workers=1).start()
     _, headers, _ = request(on.port)
-    assert headers.get("server") == "uvicorn" and "date" in headers
+    assert headers.get("server") == "corepool" and "date" in headers
     off = pool_factory(app, "--no-server-header", "--no-date-header", workers=1).start()
     _, headers, _ = request(off.port)
     assert "server" not in headers and "date" not in headers

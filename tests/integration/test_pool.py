@@ -135,7 +135,9 @@ def test_slow_importing_app_reload_keeps_capacity(pool_factory: Any, tmp_path: P
     if mode == "lazy":
         assert end - start >= 6  # each of the two new workers imports for 3 s, one at a time
     assert result.failed == 0, result.errors[:10]
-    assert result.max_latency(start, end) < 1.0
+    # No request waited for an import: one that did would wait its 3 s. (Not a timing target: a loaded CI
+    # machine stretches an ordinary request past 1 s, which made this flaky when the bound was 1 s.)
+    assert result.max_latency(start, end) < 3.0
 
 
 def test_sigterm_lets_a_slow_request_finish(pool_factory: Any) -> None:

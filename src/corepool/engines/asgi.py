@@ -3,10 +3,11 @@
 Changes to uvicorn's behaviour:
 
 * uvicorn's signal handling is replaced by the worker's own: SIGTERM starts a drain.
-* The HTTP protocol is :class:`corepool.engines.httpfront.FrontLineProtocol`: header, body and connection
-  limits and timeouts, and a drain that never closes a connection under a client's request (uvicorn closes idle
-  keep-alive connections at once, racing with a request the client may be sending): an idle connection may
-  carry one more request, answered with ``Connection: close``, for ``keepalive_timeout``, then it is closed.
+* HTTP/1.1 is corepool's own protocol, :class:`corepool.engines.http11.HTTP11Protocol`: the front line's limits,
+  checks and timeouts built in, the request's clock and counts without a middleware, and a drain that never
+  closes a connection under a client's request (uvicorn closes idle keep-alive connections at once, racing with a
+  request the client may be sending). uvicorn's server remains the shell around it: lifespan, its connections
+  and tasks that a shutdown waits for, and its WebSocket protocols.
 * WebSockets (ASGI routes) run on uvicorn's implementations, closed with 1001 on drain
   (:mod:`corepool.engines.websocket`); proxy headers and the access log are :mod:`corepool.engines.front`.
 * Connections are accepted by :class:`corepool.engines.accept.Acceptor`, one per wake-up, pausing while this
@@ -31,19 +32,23 @@ from corepool.balance import cell_of
 from corepool.engines import front, tracking, websocket
 from corepool.engines.accept import Acceptor, Balancer
 from corepool.engines.eventloop import loop_factory
-from corepool.engines.httpfront import FrontLineProtocol
+from corepool.engines.http11 import HTTP11Protocol
 from corepool.engines.routes import Route
+from corepool.engines.site import Site
 from corepool.engines.stats import RequestStats
+from corepool.settings import HttpOptions
 from corepool.workerapi import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
 
 class PoolServer(uvicorn.Server):
     """uvicorn's Server without its own signal handling, accepting through :class:`Acceptor`."""
 
-    def __init__(self, config: uvicorn.Config, balancer: Balancer) -> None:
+    def __init__(self, config: uvicorn.Config, balancer: Balancer, http_app: Any, options: HttpOptions,
+                 requests: RequestStats, wsgi: bool) -> None:  # fmt: skip
         super().__init__(config)
         self.up = asyncio.Event()
         self.balancer = balancer
+        self.http_app, self.options, self.requests, self.wsgi = http_app, options, requests, wsgi
         self.acceptors: list[Acceptor] = []
         balancer.servers.append(self)
 
@@ -56,13 +61,20 @@ class PoolServer(uvicorn.Server):
         if not self.started:
             return
         loop = asyncio.get_running_loop()
-        config, state = self.config, self.server_state
+        config, state, app_state = self.config, self.server_state, self.lifespan.state
+        ws_class = config.ws_protocol_class
+
+        def websocket(_transport: asyncio.Transport) -> asyncio.Protocol:
+            assert ws_class is not None
+            protocol: asyncio.Protocol = ws_class(config=config, server_state=state, app_state=app_state,
+                                                  _loop=loop)  # type: ignore[call-arg]  # fmt: skip
+            return protocol
+
+        site = Site(self.http_app, self.options, self.requests, self.balancer, state, app_state, wsgi=self.wsgi,
+                    upgrade=websocket if ws_class is not None else None)  # fmt: skip
 
         def create_protocol() -> asyncio.Protocol:
-            protocol: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
-                config=config, server_state=state, app_state=self.lifespan.state, _loop=loop
-            )
-            return protocol
+            return HTTP11Protocol(site, loop)
 
         self.acceptors = [Acceptor(loop, sock, create_protocol, self.balancer) for sock in sockets or []]
         self.up.set()
@@ -79,19 +91,19 @@ def make_config(app: Any, spec: WorkerSpec, wsgi: bool = False) -> uvicorn.Confi
     return uvicorn.Config(
         app,
         interface="asgi3" if wsgi else "auto",
-        http=FrontLineProtocol,
+        http="httptools",  # unused: PoolServer builds corepool's own protocol (engines/http11.py)
         ws=ws or "none",
         ws_max_size=options.ws_max_size,
         ws_ping_interval=options.ws_ping_interval or None,
         ws_ping_timeout=options.ws_ping_timeout,
         lifespan="off" if wsgi else "auto",
         log_config=None,
-        access_log=False,  # corepool's own access log (front.AccessLog), in gunicorn's atoms
+        access_log=False,  # corepool's own access log, in gunicorn's atoms (engines/http11.py)
         timeout_keep_alive=int(options.keepalive_timeout) or 1,
         # None: uvicorn never cancels a request itself; one still running at graceful_timeout ends with the
         # primary's SIGKILL of its worker (the client sees the connection drop, never a made-up 500).
         timeout_graceful_shutdown=None,
-        proxy_headers=False,  # front.ProxyHeaders, which also trusts unix-socket peers
+        proxy_headers=False,  # corepool's own (engines/front.py), which also trusts unix-socket peers
         root_path=options.root_path,
         server_header=options.server_header,
         date_header=options.date_header,
@@ -152,8 +164,6 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
     from corepool.engines import wsgi
 
     balancer = Balancer(spec.board, cell_of(spec.slot, spec.generation))
-    FrontLineProtocol.balancer = balancer
-    FrontLineProtocol.options = spec.http
     log.bind(worker_pid=os.getpid(), generation=spec.generation, slot=spec.slot)
     tracking.silence_uvicorn_app_errors()
     servers = []
@@ -167,10 +177,14 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
         else:
             config = make_config(route.app, spec)
         config.load()
-        config.loaded_app = front.wrap(config.loaded_app, spec.http)
-        # Outermost, so it sees every request and every exception the app (or a WSGI bridge) lets through.
-        config.loaded_app = tracking.RequestTracker(config.loaded_app, requests, body_waits=route.interface != "wsgi")
-        servers.append((PoolServer(config, balancer), route.sockets))
+        http_app = config.loaded_app  # HTTP/1.1 requests: the protocol counts, clocks and trusts proxies itself
+        # WebSockets go through uvicorn's protocols, which call config.loaded_app: proxy headers, counting and
+        # errors logged once as middleware there.
+        if spec.http.proxy_headers:
+            config.loaded_app = front.ProxyHeaders(config.loaded_app, spec.http.forwarded_allow_ips)
+        config.loaded_app = tracking.WebSocketTracker(config.loaded_app, requests)
+        servers.append((PoolServer(config, balancer, http_app, spec.http, requests, route.interface == "wsgi"),
+                        route.sockets))  # fmt: skip
 
     def stats() -> dict[str, Any]:
         """What a pong tells the primary about this worker."""

@@ -1,7 +1,7 @@
-"""ASGI middleware of the front line: proxy headers (with unix-socket peers trusted) and the access log.
-
-Both wrap every HTTP route, ASGI or WSGI (the WSGI bridge builds ``REMOTE_ADDR`` and ``wsgi.url_scheme`` from
-the scope these set).
+"""Who the client is behind a proxy (:class:`ProxyTrust`, unix-socket peers trusted), and the access log's line
+in gunicorn's atoms (:func:`access_line`). The HTTP/1.1 protocol applies both itself; :class:`ProxyHeaders` is
+the middleware form, for WebSockets (the WSGI bridge builds ``REMOTE_ADDR`` and ``wsgi.url_scheme`` from the
+scope these set).
 """
 
 from __future__ import annotations
@@ -12,55 +12,74 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from corepool import log
-from corepool.settings import HttpOptions
-
 App = Callable[..., Any]
 
 
-class ProxyHeaders:
-    """``X-Forwarded-For``/``X-Forwarded-Proto`` from trusted proxies, with uvicorn's and gunicorn's semantics for
-    ``forwarded_allow_ips`` (addresses, networks, or ``*``): the client is the rightmost ``X-Forwarded-For``
-    entry that is not itself a trusted proxy (with ``*``: the leftmost). A peer on a unix socket is always a
-    trusted proxy: only the socket's owner and group can connect to it. (uvicorn sees no address on a unix
-    socket, so it never trusts one unless told ``*``, and then it trusts every entry the client made up.)"""
+class ProxyTrust:
+    """Which peers may set the client address and scheme: ``forwarded_allow_ips`` with uvicorn's and gunicorn's
+    semantics (addresses, networks, or ``*``), and every peer on a unix socket (only the socket's owner and group
+    can connect to it; uvicorn sees no address there, so it never trusts one unless told ``*``, and then it trusts
+    every entry the client made up). A peer's verdict is decided once, when it connects, and remembered."""
 
-    def __init__(self, app: App, forwarded_allow_ips: str) -> None:
-        self.app = app
+    def __init__(self, forwarded_allow_ips: str) -> None:
         entries = [e.strip() for e in forwarded_allow_ips.split(",") if e.strip()]
         self.trust_all = "*" in entries
         self.networks = [ipaddress.ip_network(e, strict=False) for e in entries if e != "*" and _is_network(e)]
+        self._verdicts: dict[str, bool] = {}
 
     def trusted(self, host: str) -> bool:
         if self.trust_all:
             return True
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        return any(address in network for network in self.networks)
+        verdict = self._verdicts.get(host)
+        if verdict is None:
+            try:
+                address = ipaddress.ip_address(host)
+            except ValueError:
+                verdict = False
+            else:
+                verdict = any(address in network for network in self.networks)
+            if len(self._verdicts) < 4096:  # bounded: X-Forwarded-For entries are the client's to choose
+                self._verdicts[host] = verdict
+        return verdict
+
+    def peer_trusted(self, client: tuple[str, int] | None) -> bool:
+        """A connection's peer (None: a unix socket)."""
+        return client is None or self.trusted(client[0])
+
+    def apply(self, scope: dict[str, Any], proto: bytes | None, forwarded_for: list[bytes]) -> None:
+        """Set ``scope``'s scheme and client from a trusted peer's X-Forwarded-Proto and X-Forwarded-For values:
+        the client is the rightmost entry that is not itself a trusted proxy (with ``*``: the leftmost)."""
+        if proto is not None:
+            scheme = proto.decode("latin-1").strip().lower()
+            if scheme in ("http", "https", "ws", "wss"):
+                scope["scheme"] = scheme.replace("http", "ws") if scope["type"] == "websocket" else scheme
+        entries = [h.strip() for v in forwarded_for for h in v.decode("latin-1").split(",") if h.strip()]
+        if entries:
+            chain = entries if self.trust_all else list(reversed(entries))
+            host = next((h for h in chain if not self.trusted(_host_of(h))), entries[0])
+            scope["client"] = (_host_of(host), 0)
+
+
+class ProxyHeaders:
+    """ASGI middleware applying :class:`ProxyTrust` (the WebSocket path; HTTP/1.1 requests get it from the
+    protocol, which decides trust once per connection)."""
+
+    def __init__(self, app: App, forwarded_allow_ips: str) -> None:
+        self.app = app
+        self.trust = ProxyTrust(forwarded_allow_ips)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope.get("type") in ("http", "websocket"):
             client = scope.get("client")
-            if (client is None and _on_unix_socket(scope)) or (client is not None and self.trusted(client[0])):
-                self._apply(scope)
+            if (client is None and _on_unix_socket(scope)) or (client is not None and self.trust.trusted(client[0])):
+                proto, forwarded = None, []
+                for name, value in scope.get("headers", []):
+                    if name == b"x-forwarded-proto":
+                        proto = value
+                    elif name == b"x-forwarded-for":
+                        forwarded.append(value)
+                self.trust.apply(scope, proto, forwarded)
         await self.app(scope, receive, send)
-
-    def _apply(self, scope: dict[str, Any]) -> None:
-        proto: str | None = None
-        forwarded: list[str] = []
-        for name, value in scope.get("headers", []):
-            if name == b"x-forwarded-proto":
-                proto = value.decode("latin-1").strip().lower()
-            elif name == b"x-forwarded-for":
-                forwarded += [h.strip() for h in value.decode("latin-1").split(",") if h.strip()]
-        if proto in ("http", "https", "ws", "wss"):
-            scope["scheme"] = proto.replace("http", "ws") if scope["type"] == "websocket" else proto
-        if forwarded:
-            chain = forwarded if self.trust_all else list(reversed(forwarded))
-            host = next((h for h in chain if not self.trusted(_host_of(h))), forwarded[0])
-            scope["client"] = (_host_of(host), 0)
 
 
 def _is_network(entry: str) -> bool:
@@ -139,53 +158,3 @@ def access_line(fmt: str, scope: dict[str, Any], status: int, response_headers: 
         return fmt % _Atoms(atoms, request, response)
     except (TypeError, ValueError, KeyError) as exc:  # a bad format must not fail requests
         return f"{atoms['h']} \"{atoms['r']}\" {status} {sent} (bad access_log_format: {exc})"
-
-
-class AccessLog:
-    """Logs one line per HTTP request, once its response is complete (or the app gave up on it)."""
-
-    def __init__(self, app: App, fmt: str) -> None:
-        self.app, self.fmt = app, fmt
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope.get("type") != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.monotonic()
-        state: dict[str, Any] = {"status": 0, "headers": [], "sent": 0, "logged": False}
-
-        async def logging_send(message: dict[str, Any]) -> None:
-            kind = message.get("type")
-            if kind == "http.response.start":
-                state["status"], state["headers"] = message.get("status", 0), list(message.get("headers", []))
-            elif kind == "http.response.body":
-                state["sent"] += len(message.get("body", b""))
-            await send(message)
-            if kind == "http.response.body" and not message.get("more_body", False):
-                self._log(scope, state, start)
-
-        try:
-            await self.app(scope, receive, logging_send)
-        except BaseException:
-            if not state["status"]:
-                state["status"] = 500  # what uvicorn answers for an app that raised before answering
-            raise
-        finally:
-            self._log(scope, state, start)  # no complete response: logged with what was sent
-
-    def _log(self, scope: dict[str, Any], state: dict[str, Any], start: float) -> None:
-        if state["logged"]:
-            return
-        state["logged"] = True
-        status = state["status"]  # 0: no answer (the client left, or the request was cut off)
-        line = access_line(self.fmt, scope, status, state["headers"], state["sent"], time.monotonic() - start)
-        log.event("access", line, request_path=scope.get("path", ""), status=status or None)
-
-
-def wrap(app: App, options: HttpOptions) -> App:
-    """The app behind the front line's middleware (innermost first: the access log sees the real client)."""
-    if options.access_log:
-        app = AccessLog(app, options.access_log_format)
-    if options.proxy_headers:
-        app = ProxyHeaders(app, options.forwarded_allow_ips)
-    return app

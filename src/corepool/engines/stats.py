@@ -14,6 +14,7 @@ when an app thread takes it. So one slow upload costs a connection, never a work
 from __future__ import annotations
 
 import bisect
+import contextvars
 import threading
 import time
 import traceback
@@ -47,6 +48,10 @@ class AppClock:
     def age(self, now: float) -> float:
         paused_at = self.paused_at
         return now - self.start - self.paused_for - (0.0 if paused_at is None else now - paused_at)
+
+
+# The clock of the request the current task serves: the WSGI bridge starts it when an app thread takes the request.
+current_clock: contextvars.ContextVar[AppClock | None] = contextvars.ContextVar("corepool_app_clock", default=None)
 
 
 class RequestStats:

@@ -18,7 +18,7 @@ uvicorn parses HTTP; :class:`WSGIBridge` turns each ASGI request into one WSGI c
   otherwise pass for ``X-User``).
 
 Health pings are answered by the serving loop, never through this thread pool; unhandled app exceptions are
-logged by the tracking middleware around the bridge.
+logged once by the protocol (engines/http11.py), which calls the bridge.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
-from corepool.engines.stats import AppClock
-from corepool.engines.tracking import current_clock
+from corepool.engines.stats import AppClock, current_clock
 from corepool.settings import HttpOptions
 
 THREADS = HttpOptions.threads
