@@ -285,8 +285,9 @@ class Exchange:
         headers = message.get("headers", ())
         parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, self.conn.site.default_head()]
         chunked = close = False
+        lines = _LINES
         for name, value in headers:
-            line, kind = _header_line(name, value)
+            line, kind = lines.get((name, value)) or _header_line(name, value)
             parts.append(line)
             if kind == _LENGTH:
                 self.length = int(value)
@@ -375,6 +376,7 @@ class HTTP11Protocol(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.fields = self.head_size = self.body_bytes = self.lingered = 0
         self.length: bytes | None = None
+        self.chunked = False  # the request's body is chunked
         self.expect_100 = False
         self.forwarded: list[bytes] = []
         self.proto: bytes | None = None
@@ -441,8 +443,6 @@ class HTTP11Protocol(asyncio.Protocol):
             if self.lingered > LINGER_BYTES:
                 self.transport.close()
             return
-        if self.deadline_kind == "idle":
-            self._expect("", 0)
         if self.in_head:
             # Counted as it arrives (this may include body bytes: the exact check is in _check), so a huge head
             # is refused after at most one read beyond the limit.
@@ -478,7 +478,7 @@ class HTTP11Protocol(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.fields = self.body_bytes = 0
-        self.length, self.proto, self.expect_100 = None, None, False
+        self.length, self.proto, self.expect_100, self.chunked = None, None, False, False
         self.forwarded = []
         self.in_trailers = self.head_has_exchange = self.upgrading = False
         if not self.in_head:
@@ -506,6 +506,8 @@ class HTTP11Protocol(asyncio.Protocol):
         value = value.rstrip(b" \t")  # RFC 9110 §5.5: not part of the value (llhttp keeps it)
         if name == b"content-length":
             self.length = value
+        elif name == b"transfer-encoding":
+            self.chunked = True  # requestcheck refuses any other coding
         elif name == b"expect":
             self.expect_100 = value.lower() == b"100-continue"
         elif self.trusted and name[:12] == b"x-forwarded-":
@@ -533,7 +535,8 @@ class HTTP11Protocol(asyncio.Protocol):
         exchange = self.current = Exchange(self, scope, keep_alive, self.expect_100)
         self.head_has_exchange = True
         self.reading_body = True  # until on_message_complete (at once for a request without a body)
-        self._expect("body", self.options.body_timeout)
+        if self.chunked or (self.length is not None and self.length != b"0"):
+            self._expect("body", self.options.body_timeout)
         if self.running is None:
             self._start(exchange)
         else:
