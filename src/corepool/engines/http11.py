@@ -37,7 +37,9 @@ import collections
 import http
 import math
 import re
+import sys
 import time
+from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import unquote
 
@@ -69,6 +71,15 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PLAIN, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
 _LINES: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
 _LINES_MAX = 4096
+
+
+def _new_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
+    if _EAGER:
+        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
+    return loop.create_task(coro)
+
+
+_EAGER = sys.version_info >= (3, 12)  # asyncio.Task(..., eager_start=True)
 
 
 class BadRequestLog:
@@ -389,6 +400,7 @@ class HTTP11Protocol(asyncio.Protocol):
         self.draining = self.lingering = self.over_limit = False
         self.read_paused = self.write_paused = False
         self.refusal: Reject | None = None  # a pipelined head refused, answered once the earlier answers are out
+        self.starting: Exchange | None = None  # a request whose app is called once the current read is parsed
         self._drained: asyncio.Future[None] | None = None
 
     # The connection.
@@ -447,6 +459,18 @@ class HTTP11Protocol(asyncio.Protocol):
             # Counted as it arrives (this may include body bytes: the exact check is in _check), so a huge head
             # is refused after at most one read beyond the limit.
             self.head_size += len(data)
+        try:
+            self._parse(data)
+        finally:
+            # A request whose head came in this read: its app is called now that the read is parsed (not from a
+            # parser callback), unless the read's rest refused it (a body too large, bad chunks): then never.
+            starting = self.starting
+            if starting is not None:
+                self.starting = None
+                if not starting.disconnected:
+                    self._start(starting)
+
+    def _parse(self, data: bytes) -> None:
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -538,7 +562,7 @@ class HTTP11Protocol(asyncio.Protocol):
         if self.chunked or (self.length is not None and self.length != b"0"):
             self._expect("body", self.options.body_timeout)
         if self.running is None:
-            self._start(exchange)
+            self.running = self.starting = exchange  # its app is called once this read is parsed
         else:
             self.pipeline.append(exchange)
             self.pause_reading()
@@ -614,11 +638,14 @@ class HTTP11Protocol(asyncio.Protocol):
         return scope
 
     def _start(self, exchange: Exchange) -> None:
+        """Call the app: a task, started eagerly where asyncio can (Python 3.12+), so that an app that answers
+        without waiting is done before this returns, without a turn of the loop."""
         self.running = exchange
-        tasks = self.site.server_state.tasks
-        task = self.loop.create_task(exchange.run())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        task = _new_task(exchange.run(), self.loop)
+        if not task.done():
+            tasks = self.site.server_state.tasks  # uvicorn's shutdown waits for them
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
 
     def response_done(self, exchange: Exchange) -> None:
         """``exchange``'s response is complete: the next pipelined request, or a keep-alive wait, or the close."""
