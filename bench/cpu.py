@@ -39,7 +39,7 @@ PATHS = {"hello": "/", "json": "/json", "wait": "/wait"}
 RECORD = Path(__file__).with_name("cpu-record.json")
 # CI's regression gate: corepool's CPU per request over its reference's, at most (wide enough for a noisy 2-core
 # machine, narrow enough that the 30 % the front line once cost would have failed).
-LIMITS = {"asgi-hello": ("uvicorn", 1.25), "wsgi-hello": ("granian", 1.25)}
+LIMITS = {"asgi-hello": ("uvicorn", 1.25)}
 BRIDGE_LIMIT = 1.25  # the bridge's ratio to uvicorn, at most this times the recorded one
 BRIDGE = "corepool-bridge"  # the unit that runs WSGI on the bridge when another engine is corepool's default
 
