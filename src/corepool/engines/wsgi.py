@@ -138,8 +138,20 @@ class _Body:
         self.stashed = 0
         self.ended = not more
         self.gone = False  # read from the app's thread: a plain flag, set once
-        self.lock = asyncio.Lock()
-        self.room = asyncio.Event()
+        self._lock: asyncio.Lock | None = None  # made when a body streams: most requests never need them
+        self._room: asyncio.Event | None = None
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    @property
+    def room(self) -> asyncio.Event:
+        if self._room is None:
+            self._room = asyncio.Event()
+        return self._room
 
     async def _take(self) -> None:
         """One message from the server into the stash, unless someone else brought data meanwhile."""
