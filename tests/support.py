@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -53,8 +54,10 @@ class Load:
     connection counts as a failed request, which is what a client behind a careless reload would see.
     """
 
-    def __init__(self, port: int, keepalive: int = 4, fresh: int = 4, path: str = "/", timeout: float = 10.0):
-        self.port, self.path, self.timeout = port, path, timeout
+    def __init__(self, port: int, keepalive: int = 4, fresh: int = 4, path: str = "/", timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None):  # fmt: skip
+        """``tls``: the clients speak HTTPS, trusting what this context trusts."""
+        self.port, self.path, self.timeout, self.tls = port, path, timeout, tls
         self.result = LoadResult()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -86,11 +89,16 @@ class Load:
                 status = response.status if response is not None else None
                 self.result.errors.append(error or f"HTTP {status}")
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection("127.0.0.1", self.port, timeout=self.timeout, context=self.tls)
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+
     def _keepalive_client(self) -> None:
         conn: http.client.HTTPConnection | None = None
         while not self._stop.is_set():
             if conn is None:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                conn = self._connection()
             start = time.monotonic()
             try:
                 conn.request("GET", self.path)
@@ -109,7 +117,7 @@ class Load:
 
     def _fresh_client(self) -> None:
         while not self._stop.is_set():
-            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            conn = self._connection()
             start = time.monotonic()
             try:
                 conn.request("GET", self.path, headers={"Connection": "close"})

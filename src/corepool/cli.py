@@ -146,6 +146,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     s = _load_settings(args)
     log.setup(s.log_level)
+    failure = _tls_failure(s)
+    if failure is not None:
+        return _fail(EXIT_FAILURE, failure)
     notifier = Notifier()
     try:
         acquired = listeners.acquire(s.bind, s.backlog, os.environ, _endpoints(s))
@@ -191,8 +194,22 @@ def _keep_in_fd_store(notifier: Notifier, acquired: Acquired) -> None:
         lst.unix_path = None  # systemd keeps the socket for the next run: leave its file in place
 
 
+def _tls_failure(s: settings.Settings) -> str | None:
+    """Why the TLS settings cannot serve (one line), or None: a start fails at once rather than in every worker."""
+    from corepool.engines import tls
+
+    try:
+        tls.context(settings.HttpOptions.of(s))
+    except tls.TLSError as exc:
+        return str(exc)
+    return None
+
+
 def _check(args: argparse.Namespace) -> int:
     s = _load_settings(args)
+    failure = _tls_failure(s)
+    if failure is not None:
+        return _fail(EXIT_FAILURE, failure)
     try:
         app = apps.load(s.app or "", s.app_dir)
     except apps.AppLoadError as exc:

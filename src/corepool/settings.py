@@ -98,6 +98,13 @@ FIELDS: tuple[Field, ...] = (
           minimum=256),
     Field("max_header_line_bytes", int, "longest header (or trailer) line, in bytes; 431 beyond", minimum=256),
     Field("max_headers", int, "most header (or trailer) lines in a request; 431 beyond", minimum=1),
+    Field("ssl_certfile", str, "TLS: the certificate chain (PEM; credential:NAME reads $CREDENTIALS_DIRECTORY/NAME)"),
+    Field("ssl_keyfile", str, "TLS: the private key (PEM), if not in ssl_certfile"),
+    Field("ssl_keyfile_password", str, "TLS: the private key's password"),
+    Field("ssl_ca_certs", str, "TLS: CA certificates that client certificates must come from (PEM)"),
+    Field("ssl_cert_reqs", str, "TLS: client certificates: none, optional or required",
+          choices=("none", "optional", "required")),
+    Field("ssl_ciphers", str, "TLS: an OpenSSL cipher list (default: OpenSSL's, at its security level)"),
     Field("header_timeout", float, "seconds a client has to send the whole request head (408 after)",
           minimum=0.1),
     Field("body_timeout", float, "seconds a request body may stay silent before the connection is closed",
@@ -175,6 +182,12 @@ class Settings:
     max_request_line_bytes: int = 8 * 1024
     max_header_line_bytes: int = 8 * 1024
     max_headers: int = 100
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_keyfile_password: str | None = None
+    ssl_ca_certs: str | None = None
+    ssl_cert_reqs: str = "none"
+    ssl_ciphers: str = ""
     header_timeout: float = 30.0
     body_timeout: float = 60.0
     max_body_bytes: int = 100 * 1024 * 1024
@@ -219,6 +232,12 @@ class HttpOptions:
     max_request_line_bytes: int = Settings.max_request_line_bytes
     max_header_line_bytes: int = Settings.max_header_line_bytes
     max_headers: int = Settings.max_headers
+    ssl_certfile: str | None = Settings.ssl_certfile
+    ssl_keyfile: str | None = Settings.ssl_keyfile
+    ssl_keyfile_password: str | None = Settings.ssl_keyfile_password
+    ssl_ca_certs: str | None = Settings.ssl_ca_certs
+    ssl_cert_reqs: str = Settings.ssl_cert_reqs
+    ssl_ciphers: str = Settings.ssl_ciphers
     header_timeout: float = Settings.header_timeout
     body_timeout: float = Settings.body_timeout
     max_body_bytes: int = Settings.max_body_bytes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -57,10 +58,13 @@ class Acceptor:
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, factory: Callable[[], asyncio.Protocol],
-        balancer: Balancer,
+        balancer: Balancer, tls: ssl.SSLContext | None = None, handshake_timeout: float = 60.0,
     ) -> None:
+        """``tls``: connections are TLS, and a handshake not done within ``handshake_timeout`` ends them."""
         self.loop, self.sock, self.factory, self.balancer = loop, sock, factory, balancer
+        self.tls, self.handshake_timeout = tls, handshake_timeout
         self.closed = False
+        self.failed_handshakes = 0
         self._resume_handle: asyncio.TimerHandle | None = None
         self._pending: set[asyncio.Task[Any]] = set()
         sock.setblocking(False)
@@ -80,9 +84,20 @@ class Acceptor:
             return
         conn.setblocking(False)
         self.balancer.accepted()
-        task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
+        if self.tls is None:
+            task = self.loop.create_task(self.loop.connect_accepted_socket(self.factory, conn))
+        else:
+            task = self.loop.create_task(self.loop.connect_accepted_socket(
+                self.factory, conn, ssl=self.tls, ssl_handshake_timeout=self.handshake_timeout))
         self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+        task.add_done_callback(self._connected)
+
+    def _connected(self, task: asyncio.Task[Any]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # A TLS handshake that failed (garbage, no shared cipher, a client that gave up) or timed out: the
+            # connection is closed; a hostile client must not write the log, so this costs it a counter only.
+            self.failed_handshakes += 1
 
     def _pause(self, seconds: float) -> None:
         self.loop.remove_reader(self.sock.fileno())

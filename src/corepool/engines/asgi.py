@@ -22,6 +22,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
@@ -29,7 +30,7 @@ import uvicorn
 
 from corepool import log
 from corepool.balance import cell_of
-from corepool.engines import front, tracking, websocket
+from corepool.engines import front, tls, tracking, websocket
 from corepool.engines.accept import Acceptor, Balancer
 from corepool.engines.eventloop import loop_factory
 from corepool.engines.http11 import HTTP11Protocol
@@ -44,8 +45,9 @@ class PoolServer(uvicorn.Server):
     """uvicorn's Server without its own signal handling, accepting through :class:`Acceptor`."""
 
     def __init__(self, config: uvicorn.Config, balancer: Balancer, http_app: Any, options: HttpOptions,
-                 requests: RequestStats, wsgi: bool) -> None:  # fmt: skip
+                 requests: RequestStats, wsgi: bool, tls_context: ssl.SSLContext | None) -> None:  # fmt: skip
         super().__init__(config)
+        self.tls = tls_context
         self.up = asyncio.Event()
         self.balancer = balancer
         self.http_app, self.options, self.requests, self.wsgi = http_app, options, requests, wsgi
@@ -76,7 +78,9 @@ class PoolServer(uvicorn.Server):
         def create_protocol() -> asyncio.Protocol:
             return HTTP11Protocol(site, loop)
 
-        self.acceptors = [Acceptor(loop, sock, create_protocol, self.balancer) for sock in sockets or []]
+        handshake = self.options.header_timeout  # a handshake that never ends is a head that never comes
+        self.acceptors = [Acceptor(loop, sock, create_protocol, self.balancer, self.tls, handshake)
+                          for sock in sockets or []]  # fmt: skip
         self.up.set()
 
     def stop_accepting(self) -> None:
@@ -161,6 +165,13 @@ async def _wait_all(events: Iterable[asyncio.Event]) -> None:
 
 def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
     """Serve every (ASGI or WSGI) route on one event loop until a drain ends."""
+    try:
+        # Loaded by every generation's workers as they boot: a reload serves renewed certificates, and one that
+        # does not load fails the boot (the reload rolls back; the old workers keep the old certificate).
+        tls_context = tls.context(spec.http)
+    except tls.TLSError as exc:
+        link.send("boot_error", error=str(exc), detail="")
+        return EXIT_BOOT_FAILED
     from corepool.engines import wsgi
 
     balancer = Balancer(spec.board, cell_of(spec.slot, spec.generation))
@@ -183,8 +194,8 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
         if spec.http.proxy_headers:
             config.loaded_app = front.ProxyHeaders(config.loaded_app, spec.http.forwarded_allow_ips)
         config.loaded_app = tracking.WebSocketTracker(config.loaded_app, requests)
-        servers.append((PoolServer(config, balancer, http_app, spec.http, requests, route.interface == "wsgi"),
-                        route.sockets))  # fmt: skip
+        servers.append((PoolServer(config, balancer, http_app, spec.http, requests, route.interface == "wsgi",
+                                   tls_context), route.sockets))  # fmt: skip
 
     def stats() -> dict[str, Any]:
         """What a pong tells the primary about this worker."""
