@@ -15,7 +15,7 @@ settings.configure(
 )
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402 (after settings)
-from django.http import JsonResponse  # noqa: E402
+from django.http import FileResponse, JsonResponse  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.views.decorators.csrf import csrf_exempt  # noqa: E402
 
@@ -34,5 +34,12 @@ def files(request):
     return summary(request.FILES["file"].read())
 
 
-urlpatterns = [path("upload", upload), path("files", files)]
+def download(request):
+    """A file (FILE_TO_SEND) as Django serves one: FileResponse, through wsgi.file_wrapper when there is one."""
+    import os
+
+    return FileResponse(open(os.environ["FILE_TO_SEND"], "rb"))  # FileResponse closes it
+
+
+urlpatterns = [path("upload", upload), path("files", files), path("download", download)]
 app = get_wsgi_application()

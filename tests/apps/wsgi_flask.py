@@ -74,3 +74,11 @@ def stream():
 @app.get("/sse")
 def sse():
     return Response(acked(request.args["id"], lambda text: f"data: {text}\n\n"), mimetype="text/event-stream")
+
+
+@app.get("/download")
+def download():
+    """A file (FILE_TO_SEND) as Flask serves one: send_file, through wsgi.file_wrapper when there is one."""
+    from flask import send_file
+
+    return send_file(os.environ["FILE_TO_SEND"], mimetype="application/octet-stream")

@@ -36,6 +36,7 @@ import asyncio
 import collections
 import http
 import math
+import os
 import re
 import sys
 import time
@@ -55,6 +56,9 @@ from corepool.engines.stats import AppClock, current_clock, log_app_error
 LINGER_SECONDS = 5.0  # after a refusal, how long what the client still sends is read and discarded...
 LINGER_BYTES = 64 * 1024 * 1024  # ... and how much of it at most (5 s of a 100 Mbit/s client)
 HIGH_WATER = 64 * 1024  # request body bytes buffered before reading pauses until the app takes them
+_SENDFILE_BLOCK = 1024 * 1024  # bytes a sendfile(2) call (or a read under TLS) moves at most
+# ASGI extensions every request's scope offers (read-only: one dict for all of them).
+EXTENSIONS: dict[str, dict[str, Any]] = {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
 _LINE_OVERHEAD = 12  # a request line beyond its method and target: two spaces, "HTTP/1.1", CRLF
 _HEADER_OVERHEAD = 4  # a header line beyond its name and value: ": " and CRLF
 _METHOD = re.compile(rb"[A-Z]+ ")  # a method llhttp does not know but that is a method: 501, not 400
@@ -287,9 +291,50 @@ class Exchange:
             return
         if self.complete:
             raise RuntimeError(f"unexpected ASGI message {kind!r} after the response was complete")
-        if kind != "http.response.body":
+        if kind == "http.response.body":
+            self._body(message.get("body", b""), message.get("more_body", False))
+        elif kind == "http.response.pathsend":
+            await self._pathsend(message["path"])
+        elif kind == "http.response.zerocopysend":
+            await self._zerocopysend(message["file"], message.get("offset"), message.get("count"),
+                                     message.get("more_body", False))  # fmt: skip
+        else:
             raise RuntimeError(f"expected ASGI message 'http.response.body', got {kind!r}")
-        self._body(message.get("body", b""), message.get("more_body", False))
+
+    async def _pathsend(self, path: str) -> None:
+        """ASGI's ``http.response.pathsend``: the whole file at ``path`` is the rest of the body."""
+        with open(path, "rb") as file:
+            await self._zerocopysend(file, 0, None, False)
+
+    async def _zerocopysend(self, file: Any, offset: int | None, count: int | None, more: bool) -> None:
+        """ASGI's ``http.response.zerocopysend``: ``count`` bytes (None: to its end) of an open file from
+        ``offset`` (None: where it is), sent by the kernel (``sendfile``) where the socket allows, else read."""
+        fd = file.fileno()
+        if offset is None:
+            offset = os.lseek(fd, 0, os.SEEK_CUR)
+        if count is None:
+            count = os.fstat(fd).st_size - offset
+        if self.length is not None:
+            if count > self.length:
+                raise RuntimeError("response content longer than Content-Length")
+            self.length -= count
+        conn = self.conn
+        if self.head:
+            head, self.head = self.head, b""
+            conn.write(head)
+        if self.scope["method"] != "HEAD" and self.status not in _NO_BODY and count:
+            if self.chunked:
+                conn.write(b"%x\r\n" % count)
+            sent = await conn.send_file(fd, offset, count)
+            if sent < count:  # the client left, or the file is shorter than it said: the response cannot end well
+                self.disconnected = True
+                conn.transport.close()
+                return
+            if self.chunked:
+                conn.write(b"\r\n")
+        self.sent += count
+        if not more:
+            self._body(b"", False)
 
     def _start(self, message: dict[str, Any]) -> None:
         status = self.status = message["status"]
@@ -631,6 +676,7 @@ class HTTP11Protocol(asyncio.Protocol):
             "query_string": query,
             "headers": self.headers,
             "state": site.app_state.copy(),
+            "extensions": EXTENSIONS,
         }
         if self.trusted and (self.forwarded or self.proto is not None):
             assert site.trust is not None
@@ -697,6 +743,68 @@ class HTTP11Protocol(asyncio.Protocol):
             websocket.shutdown()  # the drain's passes are over: it goes away like the worker's other WebSockets
 
     # Writing, and flow control.
+
+    async def send_file(self, fd: int, offset: int, count: int) -> int:
+        """Send ``count`` bytes of file ``fd`` from ``offset`` after what is already written; the bytes sent.
+        ``sendfile(2)`` on a plain TCP or unix socket (the file's pages go to the socket without passing through
+        Python); under TLS, the file read and written in blocks, with back-pressure."""
+        sock = self.transport.get_extra_info("socket")
+        if is_ssl(self.transport) or sock is None:
+            return await self._copy_file(fd, offset, count)
+        await self._flushed()
+        out = os.dup(sock.fileno())  # a second descriptor of the socket, to wait for room on outside the transport
+        sent = 0
+        try:
+            while sent < count and not self.transport.is_closing():
+                try:
+                    n = os.sendfile(out, fd, offset + sent, min(count - sent, _SENDFILE_BLOCK))
+                except BlockingIOError:
+                    await self._writable(out)
+                    continue
+                except OSError:
+                    return sent  # the client left (EPIPE, ECONNRESET)
+                if n == 0:
+                    return sent  # the file ended early
+                sent += n
+        finally:
+            os.close(out)
+        return sent
+
+    async def _copy_file(self, fd: int, offset: int, count: int) -> int:
+        sent = 0
+        while sent < count and not self.transport.is_closing():
+            block = os.pread(fd, min(count - sent, _SENDFILE_BLOCK), offset + sent)
+            if not block:
+                break
+            self.transport.write(block)
+            sent += len(block)
+            if self.write_paused:
+                await self.drain()
+        return sent
+
+    async def _flushed(self) -> None:
+        """Until everything written to the transport is with the kernel: file bytes must come after it."""
+        if self.transport.get_write_buffer_size():
+            self.transport.set_write_buffer_limits(high=0)  # pause_writing now, resume_writing once empty
+            try:
+                while self.transport.get_write_buffer_size() and not self.transport.is_closing():
+                    self.write_paused = True
+                    await self.drain()
+            finally:
+                self.transport.set_write_buffer_limits()
+
+    async def _writable(self, fd: int) -> None:
+        waiter: asyncio.Future[None] = self.loop.create_future()
+
+        def room() -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        self.loop.add_writer(fd, room)
+        try:
+            await waiter
+        finally:
+            self.loop.remove_writer(fd)
 
     def write(self, data: bytes, more: bytes = b"") -> None:
         if more:
