@@ -39,7 +39,6 @@ import math
 import os
 import re
 import sys
-import time
 from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import unquote
@@ -48,10 +47,9 @@ import httptools
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from corepool import log
-from corepool.engines.front import access_line
+from corepool.engines.call import AppCall
 from corepool.engines.requestcheck import Reject, check_head, origin_form
 from corepool.engines.site import Site
-from corepool.engines.stats import AppClock, current_clock, log_app_error
 
 LINGER_SECONDS = 5.0  # after a refusal, how long what the client still sends is read and discarded...
 LINGER_BYTES = 64 * 1024 * 1024  # ... and how much of it at most (5 s of a 100 Mbit/s client)
@@ -141,81 +139,19 @@ def _header_line(name: bytes, value: bytes) -> tuple[bytes, int]:
     return entry
 
 
-class Exchange:
-    """One request and its response: the ASGI ``receive`` and ``send`` of an app call, and its clock."""
+class Exchange(AppCall):
+    """One HTTP/1.1 request and its response (the protocol-neutral part: :class:`~corepool.engines.call.AppCall`)."""
 
-    __slots__ = (
-        "body",
-        "body_waits",
-        "chunked",
-        "clock",
-        "complete",
-        "conn",
-        "disconnected",
-        "expect_100",
-        "final",
-        "head",
-        "keep_alive",
-        "length",
-        "more_body",
-        "response_headers",
-        "scope",
-        "sent",
-        "started",
-        "status",
-        "waiter",
-    )  # fmt: skip
+    __slots__ = ("chunked", "conn", "expect_100", "head", "keep_alive", "length")
 
     def __init__(self, conn: HTTP11Protocol, scope: dict[str, Any], keep_alive: bool, expect_100: bool) -> None:
-        self.conn, self.scope, self.keep_alive, self.expect_100 = conn, scope, keep_alive, expect_100
-        self.body = b""
-        self.more_body = True
-        self.final = False  # the last http.request message went to the app: receive() now waits for the end
-        self.body_waits = not conn.site.wsgi
-        self.waiter: asyncio.Future[None] | None = None
-        self.clock: AppClock | None = None
-        self.started = self.complete = self.disconnected = False
+        super().__init__(conn.site, conn.loop, scope)
+        self.conn, self.keep_alive, self.expect_100 = conn, keep_alive, expect_100
         self.head = b""  # the response head, until its body goes out with it
         self.length: int | None = None  # the response's Content-Length left to send; None: chunked or unframed
         self.chunked = False
-        self.status: int | None = None
-        self.sent = 0
-        self.response_headers: list[tuple[bytes, bytes]] = []
-
-    # The app call.
-
-    async def run(self) -> None:
-        site = self.conn.site
-        scope = self.scope
-        clock = self.clock = site.stats.begin(scope["method"], scope["path"])
-        if site.wsgi:
-            current_clock.set(clock)  # the bridge pauses it until an app thread takes the request
-        try:
-            await site.app(scope, self.receive, self.send)
-        except Exception as exc:
-            log_app_error(clock.label, exc, scope["path"], scope["method"])
-            self._failed()
-        except BaseException:  # cancelled: no made-up answer, the connection ends
-            self.conn.transport.close()
-            raise
-        else:
-            if not self.started and not self.disconnected:
-                log.event("app_error", f"{clock.label}: the app returned without starting a response", warning=True)
-                self._failed()
-            elif not self.complete and not self.disconnected:
-                log.event("app_error", f"{clock.label}: the app returned without finishing its response",
-                          warning=True)
-                self.conn.transport.close()
-        finally:
-            site.stats.end(clock, self.status)
-            if site.access_log is not None:
-                line = access_line(site.access_log, scope, self.status or 0, self.response_headers, self.sent,
-                                   clock.age(time.monotonic()))  # fmt: skip
-                log.event("access", line, request_path=scope["path"], status=self.status)
 
     def _failed(self) -> None:
-        """The app failed: a 500 if it had not started its response, else the connection closes (the client must
-        not take a cut response for a whole one)."""
         if self.disconnected:
             return
         if self.started:
@@ -223,88 +159,26 @@ class Exchange:
             return
         self.keep_alive = False
         self.status = 500
-        body = b"Internal Server Error"
         self.started = self.complete = True
-        self.conn.write(STATUS_LINES[500] + self.conn.site.default_head() + b"content-type: text/plain; "
-                        b"charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\n" + body)  # fmt: skip
+        self.conn.write(STATUS_LINES[500] + self.site.default_head() + b"content-type: text/plain; "
+                        b"charset=utf-8\r\ncontent-length: 21\r\nconnection: close\r\n\r\nInternal Server Error")
         self.conn.response_done(self)
 
-    # receive
+    def _abort(self) -> None:
+        self.conn.transport.close()
 
-    async def receive(self) -> dict[str, Any]:
-        if not self.body and not self.final and self.more_body and not self.disconnected and not self.complete:
-            await self._wait_for_body()
-        if self.disconnected or self.complete or (self.final and not self.body):
-            if not self.disconnected and not self.complete:
-                await self._wait_for_the_end()
-            return {"type": "http.disconnect"}
-        body, self.body = self.body, b""
-        if not self.more_body:
-            self.final = True
-        self.conn.resume_reading()
-        return {"type": "http.request", "body": body, "more_body": self.more_body}
+    async def _room(self) -> None:
+        if self.conn.write_paused and not self.disconnected:
+            await self.conn.drain()
 
-    async def _wait_for_body(self) -> None:
-        conn = self.conn
+    def _want_body(self) -> None:
         if self.expect_100:
             self.expect_100 = False
-            conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        conn.resume_reading()
-        clock = self.clock if self.body_waits else None
-        if clock is not None:
-            clock.pause()  # the client's time, not the app's: request_timeout does not count it
-        self.waiter = conn.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-            if clock is not None:
-                clock.resume()
+            self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.conn.resume_reading()
 
-    async def _wait_for_the_end(self) -> None:
-        """The body is in: the next message is the disconnect, when the client leaves or the response is done."""
-        self.waiter = self.conn.loop.create_future()
-        try:
-            await self.waiter
-        finally:
-            self.waiter = None
-
-    def wake(self) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    # send
-
-    async def send(self, message: dict[str, Any]) -> None:
-        conn = self.conn
-        if conn.write_paused and not self.disconnected:
-            await conn.drain()
-        if self.disconnected:
-            return
-        kind = message["type"]
-        if not self.started:
-            if kind != "http.response.start":
-                raise RuntimeError(f"expected ASGI message 'http.response.start', got {kind!r}")
-            self._start(message)
-            conn.site.hold(self, conn.loop)  # the head goes out with the first body, or at the loop's next turn
-            return
-        if self.complete:
-            raise RuntimeError(f"unexpected ASGI message {kind!r} after the response was complete")
-        if kind == "http.response.body":
-            self._body(message.get("body", b""), message.get("more_body", False))
-        elif kind == "http.response.pathsend":
-            await self._pathsend(message["path"])
-        elif kind == "http.response.zerocopysend":
-            await self._zerocopysend(message["file"], message.get("offset"), message.get("count"),
-                                     message.get("more_body", False))  # fmt: skip
-        else:
-            raise RuntimeError(f"expected ASGI message 'http.response.body', got {kind!r}")
-
-    async def _pathsend(self, path: str) -> None:
-        """ASGI's ``http.response.pathsend``: the whole file at ``path`` is the rest of the body."""
-        with open(path, "rb") as file:
-            await self._zerocopysend(file, 0, None, False)
+    def _taken(self, size: int) -> None:
+        self.conn.resume_reading()
 
     async def _zerocopysend(self, file: Any, offset: int | None, count: int | None, more: bool) -> None:
         """ASGI's ``http.response.zerocopysend``: ``count`` bytes (None: to its end) of an open file from
@@ -337,9 +211,9 @@ class Exchange:
             self._body(b"", False)
 
     def _start(self, message: dict[str, Any]) -> None:
-        status = self.status = message["status"]
+        status = message["status"]
         headers = message.get("headers", ())
-        parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, self.conn.site.default_head()]
+        parts = [STATUS_LINES.get(status) or b"HTTP/1.1 %d \r\n" % status, self.site.default_head()]
         chunked = close = False
         lines = _LINES
         for name, value in headers:
@@ -351,9 +225,6 @@ class Exchange:
                 chunked = True
             elif kind == _CLOSE:
                 close = True
-        if self.conn.site.access_log is not None:
-            self.response_headers = list(headers)
-        self.started = True
         self.expect_100 = False
         if self.length is None and not chunked and self.scope["method"] != "HEAD" and status not in _NO_BODY:
             if self.scope["http_version"] == "1.1":
@@ -370,6 +241,7 @@ class Exchange:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
         self.head = b"".join(parts)
+        self.site.hold(self, self.loop)  # the head goes out with the first body, or at the loop's next turn
 
     def _body(self, body: bytes, more: bool) -> None:
         if self.scope["method"] == "HEAD" or self.status in _NO_BODY:
@@ -395,7 +267,6 @@ class Exchange:
                 self.conn.write(head, data)
         elif data:
             self.conn.write(data)
-        self.sent += len(body)
         if not more:
             if self.length and self.scope["method"] != "HEAD":
                 raise RuntimeError("response content shorter than Content-Length")
@@ -408,6 +279,8 @@ class Exchange:
         if self.head and not self.disconnected:
             head, self.head = self.head, b""
             self.conn.write(head)
+
+
 
 
 class HTTP11Protocol(asyncio.Protocol):
@@ -474,9 +347,8 @@ class HTTP11Protocol(asyncio.Protocol):
         if site.balancer is not None:
             site.balancer.publish()
         for exchange in (self.running, self.current, *self.pipeline):
-            if exchange is not None and not exchange.complete:
-                exchange.disconnected = True
-                exchange.wake()
+            if exchange is not None:
+                exchange.gone()
         self._release_writers()
         self.parser = None  # type: ignore[assignment]
 
@@ -620,10 +492,9 @@ class HTTP11Protocol(asyncio.Protocol):
             raise Reject(413, "Content Too Large")
         if exchange is None or exchange.complete or exchange.disconnected:
             return
-        exchange.body = exchange.body + body if exchange.body else body
+        exchange.arrived(body, True)
         if len(exchange.body) > HIGH_WATER:
             self.pause_reading()
-        exchange.wake()
         self._expect("body", self.options.body_timeout)
 
     def on_message_complete(self) -> None:
@@ -632,8 +503,7 @@ class HTTP11Protocol(asyncio.Protocol):
             self._expect("", 0)  # the app's time now: request_timeout's, not a client timeout's
         exchange = self.current
         if exchange is not None and not self.upgrading:
-            exchange.more_body = False
-            exchange.wake()
+            exchange.arrived(b"", False)
 
     # The request.
 
@@ -884,9 +754,7 @@ class HTTP11Protocol(asyncio.Protocol):
             self.refusal = reject
             return
         if exchange is not None and not exchange.complete:
-            # The app is running (its body went wrong): it sees a disconnect, its answer is dropped.
-            exchange.disconnected = True
-            exchange.wake()
+            exchange.gone()  # the app is running (its body went wrong): it sees a disconnect, its answer is dropped
             if exchange.started:
                 self.transport.close()
                 return
