@@ -11,7 +11,6 @@ environment first (:data:`PRIMARY_ONLY_VARIABLES`); the primary keeps them, beca
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -41,16 +40,24 @@ def _sdnotify_sender() -> Sender | None:
         import sdnotify
     except ImportError:
         return None
-    notifier = sdnotify.SystemdNotifier()
+    # debug=True: sdnotify raises what failed (the socket gone, systemd gone) instead of dropping it silently, so
+    # that Notifier.send can say so; a socket it could not even connect to fails every send the same way.
+    try:
+        notifier = sdnotify.SystemdNotifier(debug=True)
+    except Exception as exc:
+        failure = exc
+
+        def cannot_send(message: str, fds: list[int] | None = None) -> None:
+            raise failure
+
+        return cannot_send
 
     def send(message: str, fds: list[int] | None = None) -> None:
-        if not fds:
+        if fds:  # sdnotify cannot pass file descriptors (FDSTORE=1): SCM_RIGHTS on its connected socket, as
+            # sd_pid_notify_with_fds(3) does
+            socket.send_fds(notifier.socket, [message.encode()], fds)
+        else:
             notifier.notify(message)
-        elif notifier.socket is not None:
-            # sdnotify cannot pass file descriptors (FDSTORE=1): send them as SCM_RIGHTS on its connected socket,
-            # as sd_pid_notify_with_fds(3) does; like sdnotify, a notification that cannot be sent is dropped.
-            with contextlib.suppress(OSError):
-                socket.send_fds(notifier.socket, [message.encode()], fds)
 
     return send
 
