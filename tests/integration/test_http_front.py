@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import importlib.util
 import json
 import logging
 import os
@@ -293,6 +294,12 @@ print("signalled" if ok else "no signal", flush=True)
 """
 
 
+# --reload is the optional corepool[reload] extra (scripts/setup installs it; Debian's package does not depend on it)
+needs_watchfiles = pytest.mark.skipif(importlib.util.find_spec("watchfiles") is None,
+                                      reason="watchfiles is not installed (the corepool[reload] extra)")
+
+
+@needs_watchfiles
 def test_devreload_sends_sigusr2_when_a_py_file_changes(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-c", _WATCH, str(tmp_path)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -323,6 +330,7 @@ def test_devreload_without_watchfiles_raises_a_clear_error(monkeypatch: pytest.M
         devreload.start(types.SimpleNamespace(app_dir="."))
 
 
+@needs_watchfiles
 def test_reload_flag_rolls_the_pool_when_the_app_changes(pool_factory: Any, tmp_path: Path) -> None:
     app_dir = tmp_path / "src"
     app_dir.mkdir()
