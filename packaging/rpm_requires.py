@@ -31,7 +31,8 @@ from packaging.version import Version
 #   https://docs.fedoraproject.org/en-US/packaging-guidelines/Python/#_automatically_generated_dependencies);
 #   versions as listed by https://packages.fedoraproject.org/ for Fedora 42 (python3-uvicorn 0.34, python3-httptools
 #   0.6.4, python3-uvloop 0.21, python3-websockets 14.2, python3-prometheus_client 0.21, python3-rich 13.9,
-#   python3-sdnotify 0.3.2, python3-systemd 235 (python3dist(systemd-python)), python3-click 8.1, python3-h11 0.14).
+#   python3-sdnotify 0.3.2, python3-systemd 235 (python3dist(systemd-python)), python3-click 8.1, python3-h11 0.14,
+#   python3-h2 4.1, python3-hyperframe 6.0).
 # * systemd: package systemd (257 in Fedora 42); /bin/sh (the scriptlets' shell): package bash; the rpmlib(...)
 #   capabilities of rpm itself.
 FEDORA: dict[str, str] = {
@@ -49,6 +50,8 @@ FEDORA: dict[str, str] = {
     "python3dist(systemd-python)": "235",
     "python3dist(click)": "8.1",
     "python3dist(h11)": "0.14",
+    "python3dist(h2)": "4.1",
+    "python3dist(hyperframe)": "6.0",
     "systemd": "257",
 }
 

@@ -336,7 +336,8 @@ def install_in_root(sb: Sandbox, deb: Path, report: Report) -> None:
 # Integration tests run there too: real pools (both modes) on the root's Python, uvicorn and websockets.
 ROOT_TESTS = ("tests/unit", "tests/integration/test_pool.py", "tests/integration/test_preload.py",
               "tests/integration/test_websocket.py", "tests/integration/test_http_front.py", "tests/hostile",
-              "tests/integration/test_hooks.py", "tests/integration/test_notify.py")
+              "tests/integration/test_hooks.py", "tests/integration/test_notify.py",
+              "tests/integration/test_http2.py")
 
 
 def unit_tests_in_root(sb: Sandbox, report: Report, log: Path) -> None:

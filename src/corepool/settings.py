@@ -105,6 +105,10 @@ FIELDS: tuple[Field, ...] = (
     Field("ssl_cert_reqs", str, "TLS: client certificates: none, optional or required",
           choices=("none", "optional", "required")),
     Field("ssl_ciphers", str, "TLS: an OpenSSL cipher list (default: OpenSSL's, at its security level)"),
+    Field("http2", bool, "HTTP/2: ALPN h2 over TLS, and h2c with prior knowledge on cleartext sockets"),
+    Field("h2_max_concurrent_streams", int, "HTTP/2: streams open at once per connection", minimum=1),
+    Field("h2_max_resets_per_second", int, "HTTP/2: streams a client may reset per connection and second before the "
+          "connection is closed (rapid reset, CVE-2023-44487)", minimum=1),
     Field("header_timeout", float, "seconds a client has to send the whole request head (408 after)",
           minimum=0.1),
     Field("body_timeout", float, "seconds a request body may stay silent before the connection is closed",
@@ -188,6 +192,9 @@ class Settings:
     ssl_ca_certs: str | None = None
     ssl_cert_reqs: str = "none"
     ssl_ciphers: str = ""
+    http2: bool = True
+    h2_max_concurrent_streams: int = 100
+    h2_max_resets_per_second: int = 100
     header_timeout: float = 30.0
     body_timeout: float = 60.0
     max_body_bytes: int = 100 * 1024 * 1024
@@ -238,6 +245,9 @@ class HttpOptions:
     ssl_ca_certs: str | None = Settings.ssl_ca_certs
     ssl_cert_reqs: str = Settings.ssl_cert_reqs
     ssl_ciphers: str = Settings.ssl_ciphers
+    http2: bool = Settings.http2
+    h2_max_concurrent_streams: int = Settings.h2_max_concurrent_streams
+    h2_max_resets_per_second: int = Settings.h2_max_resets_per_second
     header_timeout: float = Settings.header_timeout
     body_timeout: float = Settings.body_timeout
     max_body_bytes: int = Settings.max_body_bytes

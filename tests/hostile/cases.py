@@ -157,7 +157,6 @@ CASES: tuple[Case, ...] = (
     Case("unknown-method", _head(b"Host: a", method=b"FOO"), 501),
     Case("lowercase-method", _head(b"Host: a", method=b"get"), 400),
     Case("method-with-nul", _head(b"Host: a", method=b"G\x00ET"), 400),
-    Case("h2-preface", b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),
     # Served as it is, and nothing more on that connection.
     Case("upgrade-h2c", _head(b"Host: a", b"Upgrade: h2c", b"Connection: Upgrade, HTTP2-Settings",
                               b"HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA") + _head(b"Host: a"), 200, then=(None,)),

@@ -168,7 +168,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
     try:
         # Loaded by every generation's workers as they boot: a reload serves renewed certificates, and one that
         # does not load fails the boot (the reload rolls back; the old workers keep the old certificate).
-        tls_context = tls.context(spec.http)
+        tls_context = tls.context(spec.http, alpn=("h2", "http/1.1") if spec.http.http2 else ("http/1.1",))
     except tls.TLSError as exc:
         link.send("boot_error", error=str(exc), detail="")
         return EXIT_BOOT_FAILED

@@ -5,7 +5,9 @@ counts, and what happens when the app fails. HTTP/1.1 (:mod:`corepool.engines.ht
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 
 from corepool import log
@@ -14,6 +16,23 @@ from corepool.engines.stats import AppClock, current_clock, log_app_error
 
 if TYPE_CHECKING:
     from corepool.engines.site import Site
+
+
+_EAGER = sys.version_info >= (3, 12)  # asyncio.Task(..., eager_start=True)
+
+
+def start(call: AppCall) -> None:
+    """Call the app: a task, started eagerly where asyncio can (Python 3.12+), so that an app that answers without
+    waiting is done before this returns, without a turn of the loop (and without a task to track)."""
+    coro = call.run()
+    if _EAGER:
+        task: asyncio.Task[None] = asyncio.Task(coro, loop=call.loop, eager_start=True)  # type: ignore[call-arg]
+    else:
+        task = call.loop.create_task(coro)
+    if not task.done():
+        tasks = call.site.server_state.tasks  # uvicorn's shutdown waits for them
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
 
 class AppCall:
@@ -141,7 +160,9 @@ class AppCall:
         if kind == "http.response.body":
             body = message.get("body", b"")
             self.sent += len(body)
-            self._body(body, message.get("more_body", False))
+            waits = self._body(body, message.get("more_body", False))
+            if waits is not None:  # HTTP/2: the stream's flow-control window is full
+                await waits
         elif kind == "http.response.pathsend":
             with open(message["path"], "rb") as file:  # the whole file at path is the rest of the body
                 await self._zerocopysend(file, 0, None, False)
@@ -165,7 +186,8 @@ class AppCall:
     def _start(self, message: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def _body(self, body: bytes, more: bool) -> None:
+    def _body(self, body: bytes, more: bool) -> Awaitable[None] | None:
+        """Send a body block; an awaitable when it must wait to go (None: it went)."""
         raise NotImplementedError
 
     async def _zerocopysend(self, file: Any, offset: int | None, count: int | None, more: bool) -> None:

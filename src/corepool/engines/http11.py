@@ -38,8 +38,6 @@ import http
 import math
 import os
 import re
-import sys
-from collections.abc import Coroutine
 from typing import Any
 from urllib.parse import unquote
 
@@ -47,7 +45,7 @@ import httptools
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
 from corepool import log
-from corepool.engines.call import AppCall
+from corepool.engines.call import AppCall, start
 from corepool.engines.requestcheck import Reject, check_head, origin_form
 from corepool.engines.site import Site
 
@@ -73,15 +71,6 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _PLAIN, _LENGTH, _CHUNKED, _CLOSE = 0, 1, 2, 3
 _LINES: dict[tuple[bytes, bytes], tuple[bytes, int]] = {}
 _LINES_MAX = 4096
-
-
-def _new_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop) -> asyncio.Task[None]:
-    if _EAGER:
-        return asyncio.Task(coro, loop=loop, eager_start=True)  # type: ignore[call-arg]
-    return loop.create_task(coro)
-
-
-_EAGER = sys.version_info >= (3, 12)  # asyncio.Task(..., eager_start=True)
 
 
 class BadRequestLog:
@@ -319,6 +308,7 @@ class HTTP11Protocol(asyncio.Protocol):
         self.read_paused = self.write_paused = False
         self.refusal: Reject | None = None  # a pipelined head refused, answered once the earlier answers are out
         self.starting: Exchange | None = None  # a request whose app is called once the current read is parsed
+        self.first = True  # no byte came yet: an HTTP/2 preface may
         self._drained: asyncio.Future[None] | None = None
 
     # The connection.
@@ -326,6 +316,11 @@ class HTTP11Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         site = self.site
+        if site.options.http2 and is_ssl(transport):
+            tls = transport.get_extra_info("ssl_object")
+            if tls is not None and tls.selected_alpn_protocol() == "h2":
+                self._become_h2(b"")
+                return
         site.connections.add(self)
         self.client = get_remote_addr(transport)
         self.server = get_local_addr(transport)
@@ -367,6 +362,11 @@ class HTTP11Protocol(asyncio.Protocol):
         return True
 
     def data_received(self, data: bytes) -> None:
+        if self.first:
+            self.first = False
+            if data[:3] == b"PRI" and self.site.options.http2:
+                self._become_h2(data)  # h2c with prior knowledge: the HTTP/2 preface instead of a request
+                return
         if self.lingering or self.refusal is not None:
             self.lingered += len(data)  # dropped: the answer is on its way, the connection closes soon (_linger)
             if self.lingered > LINGER_BYTES:
@@ -554,14 +554,8 @@ class HTTP11Protocol(asyncio.Protocol):
         return scope
 
     def _start(self, exchange: Exchange) -> None:
-        """Call the app: a task, started eagerly where asyncio can (Python 3.12+), so that an app that answers
-        without waiting is done before this returns, without a turn of the loop."""
         self.running = exchange
-        task = _new_task(exchange.run(), self.loop)
-        if not task.done():
-            tasks = self.site.server_state.tasks  # uvicorn's shutdown waits for them
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+        start(exchange)
 
     def response_done(self, exchange: Exchange) -> None:
         """``exchange``'s response is complete: the next pipelined request, or a keep-alive wait, or the close."""
@@ -611,6 +605,18 @@ class HTTP11Protocol(asyncio.Protocol):
         websocket.data_received(b"".join(head))
         if self.draining:
             websocket.shutdown()  # the drain's passes are over: it goes away like the worker's other WebSockets
+
+    def _become_h2(self, data: bytes) -> None:
+        """Hand the connection to HTTP/2 (ALPN h2, or the preface of h2c with prior knowledge)."""
+        from corepool.engines.http2 import H2Protocol
+
+        self.site.connections.discard(self)
+        self.site.forget(self)
+        h2 = H2Protocol(self.site, self.loop)
+        self.transport.set_protocol(h2)
+        h2.connection_made(self.transport)
+        if data:
+            h2.data_received(data)
 
     # Writing, and flow control.
 
