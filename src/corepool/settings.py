@@ -231,6 +231,11 @@ class HttpOptions:
     """What a worker's HTTP engine needs from the settings (a worker never sees the whole file); the
     defaults are the settings' own."""
 
+    # The primary judges both; the worker watches them too, to log a stuck request's stack before it is replaced
+    # (corepool.engines.stuck).
+    request_timeout: float = Settings.request_timeout
+    health_timeout: float = Settings.health_timeout
+
     threads: int = Settings.threads
     keepalive_timeout: float = Settings.keepalive_timeout
     access_log: bool = Settings.access_log

@@ -37,6 +37,7 @@ from corepool.engines.http11 import HTTP11Protocol
 from corepool.engines.routes import Route
 from corepool.engines.site import Site
 from corepool.engines.stats import RequestStats
+from corepool.engines.stuck import StuckWatch
 from corepool.settings import HttpOptions
 from corepool.workerapi import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
@@ -115,7 +116,8 @@ def make_config(app: Any, spec: WorkerSpec, wsgi: bool = False) -> uvicorn.Confi
 
 
 async def _serve_all(
-    servers: list[tuple[PoolServer, list[socket.socket]]], link: WorkerLink, stats: Callable[[], dict[str, Any]]
+    servers: list[tuple[PoolServer, list[socket.socket]]], link: WorkerLink, stats: Callable[[], dict[str, Any]],
+    watch: StuckWatch,
 ) -> int:
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(server.serve(sockets=sockets)) for server, sockets in servers]
@@ -153,7 +155,11 @@ async def _serve_all(
     link.on_primary_gone = drain
     link.attach(loop)
     link.send("ready")
-    await asyncio.gather(*tasks)
+    watch.start(loop)
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        watch.stop()
     link.send("pong", seq=None, **stats())  # the requests served since the last ping count too
     return EXIT_OK
 
@@ -217,4 +223,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
     link.on_request_limit = on_request_limit
     link.on_share = balancer.cap_share
     with asyncio.Runner(loop_factory=loop_factory()) as runner:
-        return runner.run(_serve_all(servers, link, stats))
+        # A request past request_timeout is reported within a second with its stack, without waiting for a ping.
+        watch = StuckWatch(requests, spec.http.request_timeout, spec.http.health_timeout,
+                           lambda: link.send("pong", seq=None, **stats()))
+        return runner.run(_serve_all(servers, link, stats, watch))

@@ -62,6 +62,7 @@ class AppCall:
         site = self.site
         scope = self.scope
         clock = self.clock = site.stats.begin(scope["method"], scope["path"])
+        clock.task = asyncio.current_task()  # where it awaits, if it gets stuck (corepool.engines.stuck)
         if site.wsgi:
             current_clock.set(clock)  # the bridge pauses it until an app thread takes the request
         try:

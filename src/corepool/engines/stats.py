@@ -13,6 +13,7 @@ when an app thread takes it. So one slow upload costs a connection, never a work
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextvars
 import threading
@@ -28,12 +29,16 @@ class AppClock:
     """How long one request has kept the app busy: wall time since it started, less the time it was paused
     (waiting for the client's body, or for a WSGI thread)."""
 
-    __slots__ = ("label", "method", "paused_at", "paused_for", "start")
+    __slots__ = ("label", "method", "paused_at", "paused_for", "start", "task", "thread")
 
     def __init__(self, start: float, method: str, label: str) -> None:
         self.start, self.method, self.label = start, method, label
         self.paused_for = 0.0
         self.paused_at: float | None = None
+        # Who serves it, for the stack of a stuck request (corepool.engines.stuck): the app thread running it
+        # (None: the event loop's), and the task whose coroutine awaits for it.
+        self.thread: int | None = None
+        self.task: asyncio.Task[Any] | None = None
 
     def pause(self) -> None:
         if self.paused_at is None:
@@ -74,6 +79,8 @@ class RequestStats:
     def begin(self, method: str, path: str) -> AppClock:
         """A request starts: its clock, in flight until :meth:`end`."""
         clock = AppClock(time.monotonic(), method, f"{method} {path}")
+        if self._lock is not None:
+            clock.thread = threading.get_ident()  # an engine's own app thread
         self.inflight.add(clock)
         return clock
 

@@ -552,8 +552,10 @@ class WSGIBridge:
 
     def _call(self, environ: dict[str, Any], exchange: _Exchange) -> tuple[int, Any]:
         """On an app thread: call the app; a list or tuple comes back whole, anything else is sent as yielded."""
-        if exchange.clock is not None:
-            exchange.clock.resume()
+        clock = exchange.clock
+        if clock is not None:
+            clock.resume()
+            clock.thread = threading.get_ident()  # the stack to log if it gets stuck (corepool.engines.stuck)
         result: Iterable[bytes] = self.app(environ, exchange.start_response)
         if isinstance(result, FileWrapper) and not exchange.headers_sent and exchange.start is not None \
                 and result.fileno() is not None:
