@@ -23,6 +23,16 @@ class Response:
     ended: bool = False
 
 
+class _GoawayTolerantConnection(h2.connection.H2Connection):
+    """h2 closes its connection on any GOAWAY it receives (python-hyper/h2#1181), while RFC 9113 §6.8 lets the
+    streams up to its last stream id finish: this client reads them, as nghttp2 and browsers do."""
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        result = super()._receive_goaway_frame(frame)
+        self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+        return result
+
+
 class H2Client:
     """One connection: requests may overlap (:meth:`start` then :meth:`wait`), every event is kept."""
 
@@ -32,7 +42,7 @@ class H2Client:
             tls.set_alpn_protocols(["h2"])
             raw = tls.wrap_socket(raw, server_hostname="127.0.0.1")
         self.sock = raw
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn = _GoawayTolerantConnection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
         self.conn.initiate_connection()
         self.responses: dict[int, Response] = {}
         self.goaways: list[h2.events.ConnectionTerminated] = []
@@ -103,9 +113,6 @@ class H2Client:
             self._send_pending()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.goaways.append(event)
-            # h2 closes its connection on any GOAWAY it receives (python-hyper/h2#1181), while RFC 9113 §6.8 lets
-            # the streams up to its last stream id finish: this client reads them, as nghttp2 and browsers do.
-            self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
 
     def wait(self, stream_id: int) -> Response:
         response = self.responses[stream_id]

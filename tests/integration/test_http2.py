@@ -9,6 +9,8 @@ import json
 import shutil
 import socket
 import struct
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -182,3 +184,56 @@ def test_alpn_h2_over_tls(pool_factory: Any, tmp_path: Path) -> None:
         answer = client.get("/")
     seen = json.loads(answer.body)
     assert seen["http_version"] == "2" and seen["scheme"] == "https"
+
+
+class GoawayLoad(threading.Thread):
+    """One client as RFC 9113 §6.8 wants it: 10 streams in flight on a connection; on GOAWAY no new stream there,
+    the ones in flight are finished, then a new connection. Every stream it opens must end in a 200."""
+
+    def __init__(self, port: int, until: float) -> None:
+        super().__init__(daemon=True)
+        self.port, self.until = port, until
+        self.ok = self.connections = 0
+        self.lost: list[str] = []
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as exc:  # the test reads it: a thread's exception alone would not fail it
+            self.lost.append(f"{type(exc).__name__}: {exc}")
+
+    def _run(self) -> None:
+        while time.monotonic() < self.until:
+            self.connections += 1
+            with H2Client(self.port) as client:
+                open_ = {client.start("/") for _ in range(10)}
+                while open_:
+                    if not client.read():
+                        self.lost.append(f"connection closed with {len(open_)} streams in flight")
+                        break
+                    for stream_id in [i for i in open_ if client.responses[i].ended or client.responses[i].reset]:
+                        open_.discard(stream_id)
+                        answer = client.responses[stream_id]
+                        if answer.status == 200 and answer.reset is None:
+                            self.ok += 1
+                        else:
+                            self.lost.append(f"stream {stream_id}: status {answer.status}, reset {answer.reset}")
+                        if not client.goaways and time.monotonic() < self.until:
+                            open_.add(client.start("/"))
+
+
+def test_streams_across_two_reloads_are_all_answered(pool_factory: Any) -> None:
+    """4 clients x 10 streams while the pool rolls twice (reload --wait): not one stream is refused or lost, and
+    the clients move to the new workers (new connections after the GOAWAYs)."""
+    pool = pool_factory("h2_app:app", "--graceful-timeout", "10", workers=2).start()
+    clients = [GoawayLoad(pool.port, time.monotonic() + 6) for _ in range(4)]
+    for client in clients:
+        client.start()
+    for _ in range(2):
+        done = pool.ctl("reload", "--wait")
+        assert done.returncode == 0, done.stdout + done.stderr
+    for client in clients:
+        client.join(60)
+    assert pool.status()["generation"] == 3
+    assert [c.lost for c in clients] == [[], [], [], []]
+    assert all(c.ok > 0 for c in clients) and sum(c.connections for c in clients) > 4
