@@ -18,7 +18,7 @@ import h2.errors
 import hyperframe.frame
 import pytest
 
-from tests.integration.h2client import H2Client
+from tests.integration.h2client import H2Client, Response
 from tests.support import get_json
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -237,3 +237,50 @@ def test_streams_across_two_reloads_are_all_answered(pool_factory: Any) -> None:
     assert pool.status()["generation"] == 3
     assert [c.lost for c in clients] == [[], [], [], []]
     assert all(c.ok > 0 for c in clients) and sum(c.connections for c in clients) > 4
+
+
+def test_a_stream_that_never_sends_its_body_meets_body_timeout(pool_factory: Any) -> None:
+    pool = pool_factory("h2_app:app", "--body-timeout", "1", workers=1).start()
+    with H2Client(pool.port) as client:
+        stream_id = client.conn.get_next_available_stream_id()
+        client.conn.send_headers(stream_id, [(":method", "POST"), (":path", "/echo"), (":scheme", "http"),
+                                             (":authority", "a")])  # and no body, ever
+        client.responses[stream_id] = Response()
+        client.flush()
+        answer = client.wait(stream_id)
+        assert answer.reset == h2.errors.ErrorCodes.CANCEL or not answer.body
+        assert client.get("/").status == 200  # the connection serves on
+
+
+def test_settings_and_ping_floods_cost_the_connection(h2pool: Any) -> None:
+    for frame in (hyperframe.frame.SettingsFrame(0), hyperframe.frame.PingFrame(0)):
+        with socket.create_connection(("127.0.0.1", h2pool.port), timeout=10) as sock:
+            sock.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
+            flood = frame.serialize() * 5000
+            data, reset = b"", False
+            try:
+                sock.sendall(flood)
+                while chunk := sock.recv(65536):
+                    data += chunk
+            except (BrokenPipeError, ConnectionResetError):
+                reset = True  # closed while the flood was still coming: the kernel answers the rest with RST
+            goaway = data.rfind(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00")  # a GOAWAY frame's header
+            calm = goaway >= 0 and data[goaway + 13:goaway + 17] == b"\x00\x00\x00\x0b"  # ENHANCE_YOUR_CALM
+            assert calm or reset, f"{type(frame).__name__} flood: the connection stayed open"
+    with H2Client(h2pool.port) as client:
+        assert client.get("/").status == 200
+
+
+def test_a_window_update_that_overflows_closes_the_connection(h2pool: Any) -> None:
+    with socket.create_connection(("127.0.0.1", h2pool.port), timeout=10) as sock:
+        sock.sendall(PREFACE + hyperframe.frame.SettingsFrame(0).serialize())
+        for _ in range(2):
+            update = hyperframe.frame.WindowUpdateFrame(0)
+            update.window_increment = 2**31 - 1
+            sock.sendall(update.serialize())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert b"\x00\x00\x00\x03" in data  # GOAWAY FLOW_CONTROL_ERROR, then the close
+    with H2Client(h2pool.port) as client:
+        assert client.get("/").status == 200

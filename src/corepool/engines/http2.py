@@ -35,6 +35,7 @@ from corepool.engines.site import Site
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _BLOCK = 256 * 1024  # a file is read in blocks this large (HTTP/2 frames it: no sendfile)
+CONTROL_PER_SECOND = 1000  # SETTINGS + PING frames a client may send a second before its connection goes
 GOAWAY_NOTICE = 1.0  # seconds between the drain's two GOAWAYs: what the client sent meanwhile is still served
 _HIGH_WATER = 64 * 1024  # body bytes held for the app before its window stops reopening
 # Fields HTTP/2 forbids (RFC 9113 §8.2.2); a response from an HTTP/1.1 app may carry them.
@@ -45,13 +46,38 @@ _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connecti
 class Stream(AppCall):
     """One HTTP/2 stream and its app call."""
 
-    __slots__ = ("head_only", "proto", "stream_id", "unacked")
+    __slots__ = ("body_at", "body_timer", "head_only", "proto", "stream_id", "unacked")
 
     def __init__(self, proto: H2Protocol, stream_id: int, scope: dict[str, Any]) -> None:
         super().__init__(proto.site, proto.loop, scope)
         self.proto, self.stream_id = proto, stream_id
         self.unacked = 0  # flow-controlled bytes received and not yet given back to the client's window
         self.head_only = scope["method"] == "HEAD"
+        self.body_at = 0.0  # when body bytes last came (body_timeout counts from it while the app waits)
+        self.body_timer: asyncio.TimerHandle | None = None
+
+    def _want_body(self) -> None:
+        """The app waits for body bytes: a body silent for body_timeout ends the stream (the app sees a
+        disconnect), as on HTTP/1.1 — a stream that never sends its body holds no slot for ever."""
+        if self.body_timer is None and self.more_body:
+            self.body_at = self.loop.time()
+            self.body_timer = self.loop.call_later(self.proto.options.body_timeout, self._body_silent)
+
+    def _body_silent(self) -> None:
+        self.body_timer = None
+        if not self.more_body or self.complete or self.disconnected:
+            return
+        silent = self.loop.time() - self.body_at
+        timeout = self.proto.options.body_timeout
+        if silent < timeout and self.waiter is not None:
+            self.body_timer = self.loop.call_later(timeout - silent, self._body_silent)
+        elif self.waiter is not None:  # the app still waits for it: the stream ends
+            self.proto.reset(self, h2.errors.ErrorCodes.CANCEL)
+
+    def arrived(self, data: bytes, more: bool) -> None:
+        if data:
+            self.body_at = self.loop.time()
+        super().arrived(data, more)
 
     async def _room(self) -> None:
         if self.proto.write_paused and not self.disconnected:
@@ -147,6 +173,12 @@ class Stream(AppCall):
         self.proto.reset(self, h2.errors.ErrorCodes.INTERNAL_ERROR)
 
 
+def _stop_timer(stream: Stream) -> None:
+    if stream.body_timer is not None:
+        stream.body_timer.cancel()
+        stream.body_timer = None
+
+
 class H2Protocol(asyncio.Protocol):
     """One HTTP/2 connection (see the module docstring)."""
 
@@ -166,6 +198,7 @@ class H2Protocol(asyncio.Protocol):
         self.last_stream: int | None = None  # after the drain's final GOAWAY: streams above it are refused
         self._drained: asyncio.Future[None] | None = None
         self.resets: list[float] = []  # when the client reset streams, the last second's
+        self.control: list[float] = []  # when SETTINGS and PING frames came, the last second's
         self.deadline = math.inf
         self.requests = 0
 
@@ -199,6 +232,7 @@ class H2Protocol(asyncio.Protocol):
             site.balancer.publish()
         for stream in list(self.streams.values()):
             stream.gone()
+            _stop_timer(stream)
         self.streams.clear()
         for waiter in self.window_waiters.values():
             if not waiter.done():
@@ -231,6 +265,8 @@ class H2Protocol(asyncio.Protocol):
             self._reset_by_client(event.stream_id)
         elif isinstance(event, h2.events.WindowUpdated):
             self._window_updated(event.stream_id)
+        elif isinstance(event, (h2.events.RemoteSettingsChanged, h2.events.PingReceived)):
+            self._control_frame()
         elif isinstance(event, h2.events.ConnectionTerminated):
             self.transport.close()
 
@@ -334,6 +370,7 @@ class H2Protocol(asyncio.Protocol):
 
     def stream_done(self, stream: Stream) -> None:
         self.streams.pop(stream.stream_id, None)
+        _stop_timer(stream)
         if not self.streams:
             if self.last_stream is not None:
                 self.flush()
@@ -347,6 +384,7 @@ class H2Protocol(asyncio.Protocol):
             with contextlib.suppress(h2.exceptions.StreamClosedError):
                 self.conn.reset_stream(stream.stream_id, code)
             self.streams.pop(stream.stream_id, None)
+            _stop_timer(stream)
             self.flush_soon()
 
     def _reset_by_client(self, stream_id: int) -> None:
@@ -360,6 +398,19 @@ class H2Protocol(asyncio.Protocol):
             self.conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
             self.flush()
             self.transport.close()
+
+    def _control_frame(self) -> None:
+        """SETTINGS and PING frames cost an answer each: a client sending more than CONTROL_PER_SECOND a second
+        (a SETTINGS or PING flood) loses its connection."""
+        now = self.loop.time()
+        control = self.control
+        control.append(now)
+        if len(control) > CONTROL_PER_SECOND:
+            del control[: len(control) - CONTROL_PER_SECOND - 1]
+            if now - control[0] < 1.0:
+                self.conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+                self.flush()
+                self.transport.close()
 
     # Writing, and flow control.
 
@@ -407,10 +458,14 @@ class H2Protocol(asyncio.Protocol):
             self.transport.write(data)
 
     def pause_writing(self) -> None:
+        # The client does not read what we send: nor do we read what it sends (every frame may need an answer,
+        # a SETTINGS ack, a PING's: a client that never reads would fill our memory with them).
         self.write_paused = True
+        self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.transport.resume_reading()
         self._release_writers()
 
     async def drain(self) -> None:
