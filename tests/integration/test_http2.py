@@ -284,3 +284,15 @@ def test_a_window_update_that_overflows_closes_the_connection(h2pool: Any) -> No
     assert b"\x00\x00\x00\x03" in data  # GOAWAY FLOW_CONTROL_ERROR, then the close
     with H2Client(h2pool.port) as client:
         assert client.get("/").status == 200
+
+
+def test_a_header_list_too_large_is_431_and_far_too_large_closes(pool_factory: Any) -> None:
+    pool = pool_factory("h2_app:app", "--max-header-bytes", "4096", workers=1).start()
+    with H2Client(pool.port) as client:
+        assert client.get("/", headers=[(f"x-{n}", "v" * 100) for n in range(40)]).status == 431  # ~5.5 KiB
+        assert client.get("/").status == 200
+    with H2Client(pool.port) as client:
+        client.get("/", headers=[(f"x-{n}", "v" * 100) for n in range(80)])  # ~11 KiB: over twice
+        while client.read():
+            pass
+        assert client.goaways and client.closed

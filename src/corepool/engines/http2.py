@@ -186,7 +186,9 @@ class H2Protocol(asyncio.Protocol):
         self.site, self.loop, self.options = site, loop, site.options
         config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         self.conn = h2.connection.H2Connection(config=config)
-        self.conn.decoder.max_header_list_size = self.options.max_header_bytes  # before the client acknowledges
+        # Twice the advertised limit: a list between the two is answered 431 (_scope), beyond it HPACK stops
+        # decoding and the connection goes — bounded either way, even before the client acknowledges SETTINGS.
+        self.conn.decoder.max_header_list_size = 2 * self.options.max_header_bytes
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.client: tuple[str, int] | None = None
         self.server: tuple[str, int | None] | None = None
