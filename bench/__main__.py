@@ -1,5 +1,6 @@
 """``python -m bench all|throughput|reload|crash|memory|startup|fairness|wsgi-threads|report [--quick]``, and
 ``python -m bench cpu ...`` (CPU per request, A/B against earlier commits: bench/cpu.py).
+``python -m bench protocols ...`` (TLS and HTTP/2 against the peers that speak them: bench/protocols.py).
 
 Runs itself in the bench's private venv (created on first use from /usr/bin/python3 with the pinned peers and
 corepool from this checkout), measures, and writes ``docs/benchmarks/README.md`` and PNG plots. ``--quick`` is the
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    if args_list[:1] == ["protocols"]:  # TLS and HTTP/2 against the peers that speak them (bench/protocols.py)
+        from bench import protocols
+
+        return protocols.main(args_list[1:])
     if args_list[:1] == ["cpu"]:  # CPU per request, A/B and against the peers (bench/cpu.py)
         if not env.in_peers_venv():
             env.reexec_in_peers(args_list)  # does not return

@@ -22,6 +22,7 @@ REQUIREMENTS = [
     "uvicorn[standard]==0.54.0",
     "uvicorn-worker==0.4.0",
     "granian==2.8.9",
+    "hypercorn==0.18.0",
     "fastapi==0.165.0",
     "flask==3.1.3",
     "matplotlib==3.11.2",
@@ -31,7 +32,9 @@ MEASURED = ["corepool", "gunicorn", "uvicorn", "uvicorn-worker", "granian", "uvl
 
 
 def _stamp() -> str:
-    return hashlib.sha256("\n".join([*REQUIREMENTS, str(REPO)]).encode()).hexdigest()[:16]
+    # corepool's own dependencies too: a new one (h2, say) reinstalls the checkout into the venv
+    deps = (REPO / "pyproject.toml").read_text()
+    return hashlib.sha256("\n".join([*REQUIREMENTS, str(REPO), deps]).encode()).hexdigest()[:16]
 
 
 def ensure_peers(log: bool = True) -> Path:

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
@@ -33,6 +34,7 @@ SERVERS: dict[str, tuple[str, str]] = {
     "gunicorn-uvicorn-preload": ("asgi", "gunicorn --preload with UvicornWorker"),
     "uvicorn": ("asgi", "uvicorn --workers (its multiprocess supervisor)"),
     "granian": ("any", "granian (Rust engine), --respawn-failed-workers"),
+    "hypercorn": ("asgi", "hypercorn --workers (h2, its own HTTP/1.1 and HTTP/2 on h11 and h2)"),
     "nginx": ("static", "nginx `return 200` (static ceiling, reuseport)"),
 }
 
@@ -74,11 +76,15 @@ def argv(name: str, module: str, interface: str, port: int, workers: int, workdi
     if name == "uvicorn":
         return [env.bin_path("uvicorn"), target, "--host", "127.0.0.1", "--port", str(port), "--workers",
                 str(workers), "--app-dir", str(env.REPO), "--no-access-log", "--log-level", "warning",
-                "--loop", "uvloop", "--http", "httptools"]  # fmt: skip
+                "--loop", "uvloop", "--http", "httptools", *extra_args]  # fmt: skip
     if name == "granian":
         return [env.bin_path("granian"), "--interface", interface, "--host", "127.0.0.1", "--port", str(port),
                 "--workers", str(workers), "--working-dir", str(env.REPO), "--log-level", "warning",
-                "--no-access-log", "--respawn-failed-workers", "--respawn-interval", "0", target]  # fmt: skip
+                "--no-access-log", "--respawn-failed-workers", "--respawn-interval", "0", *extra_args,
+                target]  # fmt: skip
+    if name == "hypercorn":
+        return [env.bin_path("hypercorn"), "--bind", bind, "--workers", str(workers), "--worker-class", "uvloop",
+                "--log-level", "warning", *extra_args, target]  # fmt: skip
     if name == "nginx":
         return nginx_argv(port, workers, workdir)
     raise ValueError(f"unknown server {name!r}")
@@ -116,9 +122,14 @@ http {{
     return [nginx, "-p", str(prefix), "-c", str(conf)]
 
 
-def http_status(port: int, path: str = "/", timeout: float = 1.0) -> int:
+def http_status(port: int, path: str = "/", timeout: float = 1.0, scheme: str = "http") -> int:
     """One ``Connection: close`` GET; the status code, 0 if no HTTP answer."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(socket.create_connection(("127.0.0.1", port), timeout=timeout))
+        if scheme == "https":  # the bench's own certificate: not verified
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+            conn = stack.enter_context(tls.wrap_socket(conn))
         conn.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         data = b""
         while len(data) < 16 and (chunk := conn.recv(4096)):
@@ -186,6 +197,7 @@ class Server:
     launched_at: float
     mark_dir: Path
     notes: list[str] = field(default_factory=list)
+    scheme: str = "http"
 
     @property
     def is_corepool(self) -> bool:
@@ -210,7 +222,7 @@ class Server:
         while time.monotonic() < deadline:
             self.check_alive()
             with contextlib.suppress(OSError):
-                if http_status(self.port, timeout=1.0) == 200:
+                if http_status(self.port, timeout=1.0, scheme=self.scheme) == 200:
                     return time.monotonic()
             time.sleep(interval)
         raise RuntimeError(f"{self.name} did not answer 200 within {timeout}s: {self.log.read_text()[-3000:]}")
@@ -265,7 +277,8 @@ class Server:
 
 
 def launch(name: str, module: str, interface: str, workers: int, workdir: Path,
-           extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Server:  # fmt: skip
+           extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = (),
+           scheme: str = "http") -> Server:  # fmt: skip
     """Start ``name`` serving ``module`` on a free 127.0.0.1 port (not waiting for it)."""
     workdir.mkdir(parents=True, exist_ok=True)
     mark_dir = workdir / "marks"
@@ -280,15 +293,15 @@ def launch(name: str, module: str, interface: str, workers: int, workdir: Path,
         launched = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 cwd=env.REPO, env=run_env, start_new_session=True)  # fmt: skip
-    return Server(name, port, workers, proc, workdir, log, launched, mark_dir)
+    return Server(name, port, workers, proc, workdir, log, launched, mark_dir, scheme=scheme)
 
 
 @contextlib.contextmanager
 def running(name: str, module: str, interface: str, workers: int, workdir: Path,
             extra_env: dict[str, str] | None = None, ready_timeout: float = 60.0,
-            extra_args: tuple[str, ...] = ()) -> Iterator[Server]:  # fmt: skip
+            extra_args: tuple[str, ...] = (), scheme: str = "http") -> Iterator[Server]:  # fmt: skip
     """A started server whose workers are all up and that answers 200; stopped on exit."""
-    server = launch(name, module, interface, workers, workdir, extra_env, extra_args)
+    server = launch(name, module, interface, workers, workdir, extra_env, extra_args, scheme)
     try:
         server.wait_http(ready_timeout)
         server.wait_workers(ready_timeout)

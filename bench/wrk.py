@@ -105,19 +105,20 @@ def parse_wrk(out: str) -> WrkResult:
 
 
 def command(port: int, path: str = "/", duration: float = 5.0, connections: int = CONNECTIONS,
-            threads: int = THREADS, timeout_s: float = 2.0, script: Path | None = None) -> list[str]:  # fmt: skip
+            threads: int = THREADS, timeout_s: float = 2.0, script: Path | None = None,
+            scheme: str = "http") -> list[str]:  # fmt: skip
     """The wrk command line; ``duration`` is rounded to whole seconds (wrk's resolution), at least 1."""
     cmd = [WRK, f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", f"--timeout={timeout_s:g}s",
            "--latency"]  # fmt: skip
     if script is not None:
         cmd += ["-s", str(script)]
-    return [*cmd, f"http://127.0.0.1:{port}{path}"]
+    return [*cmd, f"{scheme}://127.0.0.1:{port}{path}"]
 
 
 def run(port: int, path: str = "/", duration: float = 5.0, connections: int = CONNECTIONS,
-        timeout_s: float = 2.0, script: Path | None = None) -> WrkResult:  # fmt: skip
+        timeout_s: float = 2.0, script: Path | None = None, scheme: str = "http") -> WrkResult:  # fmt: skip
     """One wrk run, bounded in time (wrk's own -d, and a hard subprocess timeout)."""
-    cmd = command(port, path, duration, connections, THREADS, timeout_s, script)
+    cmd = command(port, path, duration, connections, THREADS, timeout_s, script, scheme)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + timeout_s + 30, check=True)
     return parse_wrk(proc.stdout)
 
