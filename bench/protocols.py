@@ -4,7 +4,7 @@ them, in one run, servers alternating (issue 17's bars: TLS ≥ 1.0x uvicorn and
 
 * ``tls-hello``: the ASGI hello app over HTTPS (a P-256 certificate made for the run), wrk ``-c64``: corepool
   (``--ssl-certfile``), uvicorn (``--ssl-certfile``), granian (``--ssl-certificate``).
-* ``h2-hello``: the same app over h2c with prior knowledge, h2load ``-c64 -m10``: corepool, granian ``--http 2``,
+* ``h2-hello``: the same app over h2c with prior knowledge, h2load ``-c64 -m10``: corepool, granian ``--http auto``,
   hypercorn (when the peers venv has it).
 
 CPU per request counts every process of the server (as ``bench cpu`` does): it stays comparable on a noisy machine.
@@ -42,7 +42,7 @@ def units(case: str, cert: Path, key: Path) -> list[tuple[str, str, tuple[str, .
         return [("corepool", "corepool-preload", ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))),
                 ("uvicorn", "uvicorn", ("--ssl-certfile", str(cert), "--ssl-keyfile", str(key))),
                 ("granian", "granian", ("--ssl-certificate", str(cert), "--ssl-keyfile", str(key)))]
-    out = [("corepool", "corepool-preload", ()), ("granian", "granian", ("--http", "2"))]
+    out = [("corepool", "corepool-preload", ()), ("granian", "granian", ("--http", "auto"))]
     if Path(env.bin_path("hypercorn")).exists():
         out.append(("hypercorn", "hypercorn", ()))
     return out
@@ -50,7 +50,8 @@ def units(case: str, cert: Path, key: Path) -> list[tuple[str, str, tuple[str, .
 
 def h2load(port: int, path: str, duration: float) -> tuple[float, int, int]:
     """(requests/s, requests succeeded, requests not succeeded) of one h2load run."""
-    run = subprocess.run([H2LOAD, "-D", str(duration), "-c", str(wrk.CONNECTIONS), "-m", str(STREAMS), "-t", "1",
+    seconds = str(max(1, round(duration)))  # h2load takes whole seconds
+    run = subprocess.run([H2LOAD, "-D", seconds, "-c", str(wrk.CONNECTIONS), "-m", str(STREAMS), "-t", "1",
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True)  # fmt: skip
     rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", run.stdout).group(1))  # type: ignore[union-attr]
     counts = re.search(r"requests: (\d+) total, \d+ started, \d+ done, (\d+) succeeded", run.stdout)

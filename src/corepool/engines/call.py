@@ -33,6 +33,9 @@ def start(call: AppCall) -> None:
         tasks = call.site.server_state.tasks  # uvicorn's shutdown waits for them
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+        call.task = task  # where it awaits, if it gets stuck (corepool.engines.stuck)
+        if call.clock is not None:  # started eagerly: its clock is there already
+            call.clock.task = task
 
 
 class AppCall:
@@ -41,7 +44,7 @@ class AppCall:
     room to write (:meth:`_room`) and how the body is asked for (:meth:`_want_body`)."""
 
     __slots__ = ("body", "body_waits", "clock", "complete", "disconnected", "final", "loop", "more_body",
-                 "response_headers", "scope", "sent", "site", "started", "status", "waiter")  # fmt: skip
+                 "response_headers", "scope", "sent", "site", "started", "status", "task", "waiter")  # fmt: skip
 
     def __init__(self, site: Site, loop: asyncio.AbstractEventLoop, scope: dict[str, Any]) -> None:
         self.site, self.loop, self.scope = site, loop, scope
@@ -51,6 +54,7 @@ class AppCall:
         self.body_waits = not site.wsgi
         self.waiter: asyncio.Future[None] | None = None
         self.clock: AppClock | None = None
+        self.task: asyncio.Task[None] | None = None
         self.started = self.complete = self.disconnected = False
         self.status: int | None = None
         self.sent = 0
@@ -62,7 +66,7 @@ class AppCall:
         site = self.site
         scope = self.scope
         clock = self.clock = site.stats.begin(scope["method"], scope["path"])
-        clock.task = asyncio.current_task()  # where it awaits, if it gets stuck (corepool.engines.stuck)
+        clock.task = self.task  # None when started eagerly: start() sets it if the call has to wait
         if site.wsgi:
             current_clock.set(clock)  # the bridge pauses it until an app thread takes the request
         try:

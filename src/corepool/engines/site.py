@@ -52,6 +52,7 @@ class Site:
         self._sweeper: asyncio.TimerHandle | None = None
         self._second = -1
         self._head = b""
+        self._fields: list[tuple[bytes, bytes]] = []
         self._held: list[Any] = []
 
     def default_head(self) -> bytes:
@@ -65,7 +66,13 @@ class Site:
             if self.options.server_header:
                 head.append(b"server: corepool\r\n")
             self._head = b"".join(head)
+            self._fields = [(n, v) for n, _, v in (line[:-2].partition(b": ") for line in head)]  # no CRLF
         return self._head
+
+    def default_fields(self) -> list[tuple[bytes, bytes]]:
+        """:meth:`default_head` as (name, value) pairs, for HTTP/2 (the same list, rebuilt with it)."""
+        self.default_head()
+        return self._fields
 
     def hold(self, exchange: Any, loop: asyncio.AbstractEventLoop) -> None:
         """A response head waits for its body, to go out in one write; at the loop's next turn it goes out alone
