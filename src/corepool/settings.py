@@ -19,6 +19,7 @@ from typing import Any
 
 INTERFACES = ("auto", "asgi", "wsgi", "raw")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+WSGI_ENGINES = ("auto", "bridge", "granian")
 
 
 class SettingsError(ValueError):
@@ -77,6 +78,9 @@ FIELDS: tuple[Field, ...] = (
     Field("log_level", str, "debug, info, warning or error", choices=LOG_LEVELS),
     # Crash policy, liveness and recycling.
     Field("threads", int, "WSGI app threads per worker", minimum=1),
+    Field("wsgi_engine", str, "what serves WSGI apps: auto (granian when corepool[granian] is installed, else the "
+          "bridge), bridge (uvicorn and corepool's thread pool) or granian (granian's Rust worker)",
+          choices=WSGI_ENGINES),
     Field("request_timeout", float, "seconds a request may run before its worker is retired (0: off)",
           minimum=0.0),
     Field("max_spawn_rate", float, "most workers forked per second across the pool (a pool with no ready "
@@ -172,6 +176,7 @@ class Settings:
     access_log_format: str = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
     log_level: str = "info"
     threads: int = 64
+    wsgi_engine: str = "auto"
     request_timeout: float = 30.0
     max_spawn_rate: float = 20.0
     max_requests: int = 0
@@ -237,6 +242,7 @@ class HttpOptions:
     health_timeout: float = Settings.health_timeout
 
     threads: int = Settings.threads
+    wsgi_engine: str = Settings.wsgi_engine
     keepalive_timeout: float = Settings.keepalive_timeout
     access_log: bool = Settings.access_log
     access_log_format: str = Settings.access_log_format
