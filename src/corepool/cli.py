@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from corepool import __version__, apps, control, settings
+from corepool import __version__, apps, control, engines, settings
 
 if TYPE_CHECKING:
     from corepool.listeners import Acquired
@@ -145,10 +145,12 @@ def _serve(args: argparse.Namespace) -> int:
     from corepool.systemd import Notifier
 
     s = _load_settings(args)
+    engine, why = engines.wsgi_engine(s.wsgi_engine)  # before anything is bound: granian asked for and missing
     log.setup(s.log_level)
     failure = _tls_failure(s)
     if failure is not None:
         return _fail(EXIT_FAILURE, failure)
+    log.event("start", f"WSGI apps are served by {_ENGINE_NAMES[engine]}: {why}")
     notifier = Notifier()
     try:
         acquired = listeners.acquire(s.bind, s.backlog, os.environ, _endpoints(s))
@@ -170,6 +172,9 @@ def _serve(args: argparse.Namespace) -> int:
     if args.app:
         flags["app"] = args.app
     return Primary(s, acquired.listeners, notifier, flags).run()
+
+
+_ENGINE_NAMES = {"granian": "granian's Rust worker", "bridge": "the bridge (uvicorn and corepool's app threads)"}
 
 
 def _endpoints(s: settings.Settings) -> tuple[tuple[str, str, int], ...]:
@@ -217,9 +222,11 @@ def _check(args: argparse.Namespace) -> int:
             print(exc.detail.rstrip(), file=sys.stderr)
         return _fail(EXIT_FAILURE, str(exc))
     interface = apps.detect_interface(app, s.interface)
+    engine, _ = engines.wsgi_engine(s.wsgi_engine)
     from corepool.policy import counted
+    served = f"wsgi on {_ENGINE_NAMES[engine]}" if interface == "wsgi" else interface
     print(
-        f"ok: {s.app} ({interface}), {counted(s.workers, 'worker')}, bind {' '.join(s.bind)}, "
+        f"ok: {s.app} ({served}), {counted(s.workers, 'worker')}, bind {' '.join(s.bind)}, "
         f"control socket {s.control_path()}"
     )
     return 0

@@ -59,6 +59,9 @@ class WorkerLink:
         # A reload's canary keeps to its share of accepted connections while it is watched.
         self.on_share: Callable[[bool], None] = lambda _capped: None
         self.on_primary_gone: Callable[[], None] = lambda: None
+        # Pings are answered only while this says the runtime that serves requests turns (an engine whose requests
+        # are served off this loop, granian's, says so; on the loop that serves them, answering is the proof).
+        self.serving: Callable[[], bool] = lambda: True
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def send(self, kind: str, **fields: Any) -> bool:
@@ -99,7 +102,8 @@ class WorkerLink:
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message["t"]
         if kind == "ping":
-            self.send("pong", seq=message.get("seq"), **self.stats())
+            if self.serving():
+                self.send("pong", seq=message.get("seq"), **self.stats())
         elif kind == "limit" and isinstance(message.get("requests"), int):
             self.on_request_limit(message["requests"])
         elif kind == "share":

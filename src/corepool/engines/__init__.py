@@ -10,7 +10,7 @@ from corepool.engines.routes import Route
 if TYPE_CHECKING:
     from corepool.workerapi import WorkerLink, WorkerSpec
 
-__all__ = ["Route", "import_all", "serve"]
+__all__ = ["Route", "import_all", "serve", "wsgi_engine"]
 
 
 def import_all() -> None:
@@ -31,14 +31,62 @@ def import_all() -> None:
         import uvloop  # noqa: F401
 
 
+def wsgi_engine(setting: str) -> tuple[str, str]:
+    """(engine, why) for the ``wsgi_engine`` setting: "granian" or "bridge", and the reason in words.
+
+    Raises :class:`corepool.settings.SettingsError` when ``granian`` is asked for and cannot serve (a start error).
+    """
+    from corepool.engines import granian_wsgi
+    from corepool.settings import SettingsError
+
+    if setting == "bridge":
+        return "bridge", "wsgi_engine is bridge"
+    problem = granian_wsgi.unusable()
+    if problem is None:
+        return "granian", f"granian {granian_wsgi.PINNED} is installed" + (
+            "" if setting == "granian" else " (wsgi_engine auto)")
+    if setting == "granian":
+        raise SettingsError(f"wsgi_engine: granian cannot serve: {problem} (or set wsgi_engine to auto or bridge)")
+    return "bridge", problem
+
+
 def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
-    """Serve every route in this worker: HTTP routes on uvicorn (ASGI, or WSGI through the bridge), or one raw
-    handler."""
+    """Serve every route in this worker: HTTP routes on uvicorn (ASGI, or WSGI through the bridge), WSGI routes
+    on granian's runtime (the ``wsgi_engine`` setting), or one raw handler."""
     if any(route.interface == "raw" for route in routes):
         from corepool.engines import raw
 
         (route,) = routes  # settings refuse routes next to a raw handler
         return raw.serve(route.app, route.sockets, link, spec)
+    if spec.http.wsgi_engine != "bridge" and any(route.interface == "wsgi" for route in routes):
+        problem = native_problem(routes, spec.http.wsgi_engine)
+        if problem is None:
+            from corepool.engines import granian_wsgi
+
+            return granian_wsgi.serve(routes, link, spec)
+        if problem and spec.slot == 0:  # one line per generation, not one per worker
+            from corepool import log
+
+            log.event("engine", f"WSGI is served by the bridge: {problem}", warning=True)
     from corepool.engines import asgi
 
     return asgi.serve(routes, link, spec)
+
+
+def native_problem(routes: list[Route], setting: str) -> str | None:
+    """Why this worker's WSGI routes do not run on granian: "" when the start line already said why (``auto``
+    without granian), a reason to log when that line is no longer true (an ASGI route beside them: one engine per
+    worker; a socket granian must not be given; ``granian`` in a re-read config, unusable), None when they can."""
+    from corepool.engines import granian_wsgi
+
+    problem = granian_wsgi.unusable()
+    if problem is not None:
+        return problem if setting == "granian" else ""
+    if any(route.interface != "wsgi" for route in routes):
+        return "this worker also serves ASGI routes, and a worker runs one engine"
+    for route in routes:
+        for sock in route.sockets:
+            problem = granian_wsgi.listener_problem(sock)
+            if problem is not None:
+                return f"granian must not be given {problem}"
+    return None
