@@ -377,7 +377,12 @@ class WSGICall:
         coding = environ.get("HTTP_TRANSFER_ENCODING")
         if coding is not None:
             fields.append((b"transfer-encoding", coding.encode("latin-1")))
-        check_head(environ["REQUEST_METHOD"].encode("latin-1"), b"/", version, fields)
+        method = environ["REQUEST_METHOD"]
+        if not method.isupper():
+            raise Reject(400, "Bad Request: invalid method")  # llhttp's rule on the bridge: methods are upper-case
+        # hyper hands "*" and an authority-form target over as they are, and an absolute one as its path.
+        path = environ["PATH_INFO"]
+        check_head(method.encode("latin-1"), b"/" if path[:1] == "/" else path.encode("latin-1"), version, fields)
         self._check_size(environ)
         length = environ.get("CONTENT_LENGTH")
         limit = self.options.max_body_bytes
