@@ -80,6 +80,19 @@ def leftovers(marker: bytes, me: int) -> list[int]:
     return found
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test parametrized by WSGI engine and by app runs its ASGI apps once: on granian's WSGI engine an ASGI app
+    is served as on the bridge's (by uvicorn), so those cases would only repeat the bridge's."""
+    keep, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        asgi = any(isinstance(v, str) and "asgi" in v for k, v in params.items() if k != "wsgi_engine")
+        (dropped if asgi and params.get("wsgi_engine") == "granian" else keep).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind() -> Iterator[None]:
     token = uuid.uuid4().hex

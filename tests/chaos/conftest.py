@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.conftest import pool_factory  # noqa: F401 (the same fixture, with this suite's mode)
+from tests.integration.conftest import (
+    WSGI_ENGINES,
+    engine_param,
+    pool_factory,  # noqa: F401 (the same fixture, with this suite's mode)
+)
 
 # Fast health pings so that a wedged worker is found in about a second.
 FAST_HEALTH = ("--health-interval", "0.3", "--health-timeout", "1")
@@ -18,3 +22,9 @@ FAST_HEALTH = ("--health-interval", "0.3", "--health-timeout", "1")
 def mode() -> str:
     """Cases run in preload mode (the default) unless they parametrize ``mode``."""
     return "preload"
+
+
+@pytest.fixture(params=WSGI_ENGINES)
+def wsgi_engine(request: pytest.FixtureRequest) -> str:
+    """A case that asks for it runs on both WSGI engines (its ASGI variants once: tests/conftest.py)."""
+    return engine_param(request)

@@ -12,7 +12,7 @@ from typing import Any
 from tests.chaos.harness import Clients, deaths, describe, forks, status, summary, wait_settled
 
 
-def test_slow_wsgi_requests_are_busy_not_dead(pool_factory: Any) -> None:
+def test_slow_wsgi_requests_are_busy_not_dead(pool_factory: Any, wsgi_engine: str) -> None:
     """12 WSGI requests of 8 s each (a slow upstream) on one worker with health_timeout 3: nobody is killed."""
     pool = pool_factory("chaos_wsgi:app", "--health-interval", "0.5", "--health-timeout", "3", workers=1).start()
     (worker,) = pool.pids()

@@ -50,10 +50,11 @@ class ReadyWorkers:
             self.pids = [w["pid"] for w in s["workers"] if w["state"] == "ready" and w["pid"]]
 
 
-@pytest.mark.parametrize("mode", ["preload", "lazy"])
-def test_kill_storm(pool_factory: Any, mode: str) -> None:
+@pytest.mark.parametrize(("mode", "app"), [("preload", "chaos_asgi:app"), ("lazy", "chaos_asgi:app"),
+                                           ("preload", "chaos_wsgi:app")])
+def test_kill_storm(pool_factory: Any, mode: str, app: str, wsgi_engine: str) -> None:
     """kill -9 a random ready worker every 200 ms for 10 s."""
-    pool = pool_factory("chaos_asgi:app", workers=2).start()
+    pool = pool_factory(app, workers=2).start()
     killed: set[int] = set()
     empty_ticks = 0  # ticks at which the pool had no ready worker to kill
     started = time.monotonic()
@@ -74,8 +75,9 @@ def test_kill_storm(pool_factory: Any, mode: str) -> None:
     kills = len(killed)
     tally = load.stop()
     after = wait_settled(pool.control)
-    summary(f"kill storm ({mode})", time.monotonic() - started, ordinary=tally.line(), kills=kills,
-            ticks_without_a_ready_worker=empty_ticks, forks=forks(pool.log()), after=describe(after))
+    summary(f"kill storm ({mode}, {app}, WSGI on {wsgi_engine})", time.monotonic() - started,
+            ordinary=tally.line(), kills=kills, ticks_without_a_ready_worker=empty_ticks,
+            forks=forks(pool.log()), after=describe(after))
     # A tick may find only just-killed pids while the status is a ping behind; an emptied pool finds none for long.
     assert empty_ticks <= 15, f"{empty_ticks} of 50 ticks found no ready worker to kill: the pool emptied"
     assert deaths(after) == {"crash": kills}, "each kill of a ready worker is one death by crash, and nothing else"

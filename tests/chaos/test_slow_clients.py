@@ -90,7 +90,7 @@ print("done", flush=True)
 
 
 @pytest.mark.parametrize("app", ["http_wsgi:app", "http_asgi:app"])
-def test_a_slow_upload_costs_a_connection_never_a_worker(pool_factory: Any, app: str) -> None:
+def test_a_slow_upload_costs_a_connection_never_a_worker(pool_factory: Any, app: str, wsgi_engine: str) -> None:
     """request_timeout counts the app's time, not the client's: uploads that trickle for twice request_timeout
     (two per worker, so that every worker gets some) replace no worker, and ordinary requests are answered all
     along. Before, each one got its worker replaced "over request_timeout"."""

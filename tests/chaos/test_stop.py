@@ -20,10 +20,11 @@ from tests.integration.conftest import Pool
 from tests.support import inflight
 
 
-def test_stop_with_long_requests_in_flight(pool_factory: Any) -> None:
+@pytest.mark.parametrize("app", ["chaos_asgi:app", "chaos_wsgi:app"])
+def test_stop_with_long_requests_in_flight(pool_factory: Any, app: str, wsgi_engine: str) -> None:
     """On SIGTERM, requests shorter than graceful_timeout complete; one still running then is ended by SIGKILL
     of its worker (the client sees a dropped connection, not a made-up 500) and the pool exits 1."""
-    pool = pool_factory("chaos_asgi:app", "--graceful-timeout", "3", workers=2).start()
+    pool = pool_factory(app, "--graceful-timeout", "3", workers=2).start()
     started = time.monotonic()
     short = Clients(pool.port, path="/slow?s=1.5", keepalive=0, fresh=4, count=1, timeout=20).start()
     long = Clients(pool.port, path="/slow?s=60", keepalive=0, fresh=4, count=1, timeout=20).start()

@@ -1,4 +1,10 @@
-"""A real pool in a subprocess (``python -m corepool serve``) on a free 127.0.0.1 port."""
+"""A real pool in a subprocess (``python -m corepool serve``) on a free 127.0.0.1 port.
+
+WSGI pools run on the bridge unless a test asks for another ``wsgi_engine``; a module whose tests must hold on
+both WSGI engines overrides the ``wsgi_engine`` fixture with params :data:`WSGI_ENGINES` through
+:func:`engine_param` (tests/conftest.py leaves out the ASGI cases of it: ASGI runs on uvicorn whatever the
+setting says).
+"""
 
 from __future__ import annotations
 
@@ -18,8 +24,10 @@ from tests.support import APPS, free_port
 
 
 class Pool:
-    def __init__(self, tmp: Path, app: str, *flags: str, workers: int | None = 2, env: dict[str, str] | None = None):
+    def __init__(self, tmp: Path, app: str, *flags: str, workers: int | None = 2, env: dict[str, str] | None = None,
+                 wsgi_engine: str | None = "bridge"):
         self.tmp = tmp
+        self.wsgi_engine = wsgi_engine
         self.port = free_port()
         self.control = str(tmp / "control.sock")
         self.log_path = tmp / "pool.log"
@@ -27,6 +35,8 @@ class Pool:
                 "--control", self.control, "--app-dir", str(APPS), *flags]
         if workers is not None:
             argv += ["--workers", str(workers)]
+        if wsgi_engine is not None:
+            argv += ["--wsgi-engine", wsgi_engine]
         self.argv = argv
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
@@ -103,11 +113,37 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+WSGI_ENGINES = ["bridge", "granian"]
+
+
+def engine_param(request: pytest.FixtureRequest) -> str:
+    """A ``wsgi_engine`` fixture param; granian's is skipped where granian cannot serve (scripts/setup --test
+    installs corepool[granian], so CI runs both)."""
+    engine = str(request.param)
+    if engine == "granian":
+        from corepool.engines import granian_wsgi
+
+        problem = granian_wsgi.unusable()
+        if problem is not None:
+            pytest.skip(f"{problem} (scripts/setup --test installs it)")
+    return engine
+
+
 @pytest.fixture
-def pool_factory(tmp_path: Path, mode: str) -> Iterator[Any]:
+def wsgi_engine() -> str:
+    """The WSGI engine of the pools a test makes: the bridge, unless the module asks for both."""
+    return "bridge"
+
+
+@pytest.fixture
+def pool_factory(tmp_path: Path, mode: str, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Pools in ``mode``, on the ``wsgi_engine`` the test asks for (a test that does not ask gets the bridge, and
+    is not run once per engine)."""
     pools: list[Pool] = []
+    wsgi_engine = request.getfixturevalue("wsgi_engine") if "wsgi_engine" in request.fixturenames else "bridge"
 
     def make(app: str, *flags: str, **kw: Any) -> Pool:
+        kw.setdefault("wsgi_engine", wsgi_engine)
         pool = Pool(tmp_path / f"pool{len(pools)}", app, "--mode", mode, *flags, **kw)
         pool.tmp.mkdir()
         pools.append(pool)

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from corepool.engines.front import ProxyHeaders
+from tests.integration.conftest import WSGI_ENGINES, engine_param
 from tests.support import free_port
 
 EXAMPLE = Path(__file__).parents[2] / "etc" / "nginx-example.conf"
@@ -34,8 +35,14 @@ def mode() -> str:
     return "preload"
 
 
+@pytest.fixture(params=WSGI_ENGINES)
+def wsgi_engine(request: pytest.FixtureRequest) -> str:
+    """Every WSGI case here runs on both WSGI engines."""
+    return engine_param(request)
+
+
 @pytest.fixture(params=["asgi", "wsgi"])
-def app(request: pytest.FixtureRequest) -> str:
+def app(request: pytest.FixtureRequest, wsgi_engine: str) -> str:
     return APPS[str(request.param)]
 
 

@@ -17,20 +17,26 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import Pool
+from tests.integration.conftest import WSGI_ENGINES, Pool, engine_param
 
 SIZE = 20 * 1024 * 1024
 DATA = random.Random(3333).randbytes(SIZE)  # random bytes: a newline every ~256 bytes, for readline
 WAIT = 30.0  # bound on waits only a broken server reaches
 
 
+@pytest.fixture(params=WSGI_ENGINES)
+def wsgi_engine(request: pytest.FixtureRequest) -> str:
+    """Every case here runs on both WSGI engines."""
+    return engine_param(request)
+
+
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Any]:
+def serve(tmp_path: Path, wsgi_engine: str) -> Iterator[Any]:
     pools: list[Pool] = []
 
     def start(app: str, *flags: str, workers: int = 2) -> Pool:
         pool = Pool(tmp_path / f"pool{len(pools)}", app, "--mode", "preload", *flags, workers=workers,
-                    env={"WSGI_TEST_DIR": str(tmp_path)})  # fmt: skip
+                    env={"WSGI_TEST_DIR": str(tmp_path)}, wsgi_engine=wsgi_engine)  # fmt: skip
         pool.tmp.mkdir()
         pools.append(pool)
         return pool.start()
@@ -129,7 +135,9 @@ def test_django_reads_a_slow_20mb_body_and_file_whole(serve: Any) -> None:
 @pytest.mark.parametrize("app,record", [("wsgi_plain:app", "hold"), ("wsgi_flask:app", "flask-hold")])
 @pytest.mark.parametrize("chunked", [True, False])
 def test_client_leaving_mid_body_raises_in_the_app(serve: Any, tmp_path: Path, app: str, record: str,
-                                                   chunked: bool) -> None:  # fmt: skip
+                                                   chunked: bool, wsgi_engine: str) -> None:  # fmt: skip
+    if chunked and wsgi_engine == "granian":
+        pytest.skip("granian ends a chunked body cut short as if it were whole (README, Engines)")
     pool = serve(app, workers=1)
     with socket.create_connection(("127.0.0.1", pool.port), timeout=WAIT) as sock:
         framing = b"Transfer-Encoding: chunked" if chunked else b"Content-Length: %d" % SIZE
@@ -141,7 +149,10 @@ def test_client_leaving_mid_body_raises_in_the_app(serve: Any, tmp_path: Path, a
     assert pool.ctl("status").returncode == 0
 
 
-def test_slow_small_bodies_pin_no_app_thread(serve: Any) -> None:
+def test_slow_small_bodies_pin_no_app_thread(serve: Any, wsgi_engine: str) -> None:
+    if wsgi_engine == "granian":
+        pytest.skip("granian calls the app on its thread before the body is in: a slow body holds a thread "
+                    "(README, Engines)")
     pool = serve("wsgi_plain:app", "--threads", "2", workers=1)
     slow = []
     try:
@@ -164,7 +175,7 @@ def test_slow_small_bodies_pin_no_app_thread(serve: Any) -> None:
             sock.close()
 
 
-def test_environ_over_the_wire(serve: Any) -> None:
+def test_environ_over_the_wire(serve: Any, wsgi_engine: str) -> None:
     pool = serve("wsgi_plain:app", workers=1)
     with socket.create_connection(("127.0.0.1", pool.port), timeout=WAIT) as sock:
         sock.sendall(b"GET /environ/%FF%FE/a%20b?x=%FF HTTP/1.1\r\nHost: t\r\nX-Multi: 1\r\nX-Multi: 2\r\n"
@@ -173,7 +184,9 @@ def test_environ_over_the_wire(serve: Any) -> None:
         response.begin()
         environ = json.loads(response.read())
     assert environ["PATH_INFO"] == "/environ/\xff\xfe/a b" and environ["QUERY_STRING"] == "x=%FF"
-    assert environ["HTTP_X_MULTI"] == "1, 2" and environ["wsgi.input_terminated"] is True
+    # granian joins a repeated field with "," (README, Engines), the bridge with ", ": the same list (RFC 9110).
+    assert environ["HTTP_X_MULTI"] == ("1,2" if wsgi_engine == "granian" else "1, 2")
+    assert environ["wsgi.input_terminated"] is True
 
 
 # ------------------------------------------------------------------------------------------------ responses
