@@ -296,15 +296,12 @@ def test_root_path_mounts_the_app_under_a_prefix(pool_factory: Any, app: str) ->
 def test_server_and_date_headers_can_be_turned_off(pool_factory: Any, app: str, wsgi_engine: str) -> None:
     on = pool_factory(app, workers=1).start()
     _, headers, _ = request(on.port)
-    if app == APPS["wsgi"] and wsgi_engine == "granian":  # granian always sends both (README, Engines)
-        assert headers.get("server") == "granian" and "date" in headers
-        off = pool_factory(app, "--no-server-header", "--no-date-header", workers=1).start()
-        _, headers, _ = request(off.port)
-        assert headers.get("server") == "granian" and "date" in headers
-        return
     assert headers.get("server") == "corepool" and "date" in headers
     off = pool_factory(app, "--no-server-header", "--no-date-header", workers=1).start()
     _, headers, _ = request(off.port)
+    if app == APPS["wsgi"] and wsgi_engine == "granian":  # granian cannot leave either out (README, Engines)
+        assert headers.get("server") == "granian" and "date" in headers
+        return
     assert "server" not in headers and "date" not in headers
 
 

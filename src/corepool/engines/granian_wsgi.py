@@ -65,6 +65,14 @@ HTTP1_FIELDS = ("header_read_timeout", "keep_alive", "max_buffer_size", "pipelin
 REPORT_SECONDS = 1  # how often granian's runtime reports its counters (its metrics interval: whole seconds)
 STALE_SECONDS = 3.5  # no report for this long: the runtime is not turning, pings go unanswered
 _HEADER_OVERHEAD = 4 - len("HTTP_")  # ": " and CRLF per line, less the prefix granian's environ key carries
+# The methods llhttp (the bridge's parser) accepts; another is refused as the bridge refuses it (501, or 400 when
+# it is not even upper-case letters). CONNECT is refused by requestcheck (corepool is not a proxy).
+KNOWN_METHODS = frozenset([
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "COPY", "LOCK", "MKCOL", "MOVE",
+    "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL", "REPORT", "MKACTIVITY",
+    "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PURGE", "MKCALENDAR", "LINK", "UNLINK",
+    "SOURCE", "QUERY",
+])
 MIN_BUFFER = 8192  # hyper refuses (panics on) a smaller read buffer
 RUNTIME_THREADS = 1  # granian's own default: one Rust I/O thread per worker process
 
@@ -317,6 +325,7 @@ class Draining:
 
 
 _CLOSE = ("connection", "close")
+_SERVER = ("server", "corepool")  # as the bridge says; without it granian says "granian" (it cannot say nothing)
 _TEXT = ("content-type", "text/plain; charset=utf-8")
 
 
@@ -329,9 +338,10 @@ class WSGICall:
                  refused: Callable[[str, int, str], None]) -> None:
         self.app, self.requests, self.options, self.unix, self.draining = app, requests, options, unix, draining
         self.refused = refused
+        self.added = [_SERVER] if options.server_header else []  # the headers every response gets
         self.script = options.root_path
-        self.proxy = front.ProxyHeaders(app, options.forwarded_allow_ips) if options.proxy_headers else None
-        self.trusted: dict[str, bool] = {}  # peer address -> trusted proxy (peers repeat: decided once each)
+        # The bridge's proxy rules (engines/front.py), which remember each peer's verdict.
+        self.proxy = front.ProxyTrust(options.forwarded_allow_ips) if options.proxy_headers else None
 
     def __call__(self, proto: Any, environ: dict[str, Any]) -> int | None:
         method = environ["REQUEST_METHOD"]
@@ -354,11 +364,11 @@ class WSGICall:
             if isinstance(exc, TooLarge):
                 self._refuse(proto, environ, Reject(413, "Content Too Large"))
             else:
-                proto.response_bytes(400, [_TEXT, _CLOSE], b"")
+                proto.response_bytes(400, [_TEXT, *self.added, _CLOSE], b"")
             status = None
         except Exception as exc:
             log_app_error(f"{method} {path}", exc, path, method)
-            proto.response_bytes(500, [_TEXT, _CLOSE], b"Internal Server Error")
+            proto.response_bytes(500, [_TEXT, *self.added, _CLOSE], b"Internal Server Error")
         finally:
             self.requests.end(clock, status)
         if self.options.access_log:
@@ -378,8 +388,10 @@ class WSGICall:
         if coding is not None:
             fields.append((b"transfer-encoding", coding.encode("latin-1")))
         method = environ["REQUEST_METHOD"]
-        if not method.isupper():
-            raise Reject(400, "Bad Request: invalid method")  # llhttp's rule on the bridge: methods are upper-case
+        if method not in KNOWN_METHODS:  # the bridge's parser (llhttp) knows these only
+            if method.isalpha() and method.isupper():
+                raise Reject(501, "Not Implemented: unknown method")
+            raise Reject(400, "Bad Request: invalid method")
         # hyper hands "*" and an authority-form target over as they are, and an absolute one as its path.
         path = environ["PATH_INFO"]
         check_head(method.encode("latin-1"), b"/" if path[:1] == "/" else path.encode("latin-1"), version, fields)
@@ -410,18 +422,13 @@ class WSGICall:
             raise Reject(431, "Request Header Fields Too Large: too many fields")
 
     def _refuse(self, proto: Any, environ: dict[str, Any], reject: Reject) -> None:
-        proto.response_bytes(reject.status, [_TEXT, _CLOSE], reject.reason.encode("latin-1"))
+        proto.response_bytes(reject.status, [_TEXT, *self.added, _CLOSE], reject.reason.encode("latin-1"))
         self.refused(environ.get("REMOTE_ADDR") or "a unix socket peer", reject.status, reject.reason)
 
     def _complete(self, environ: dict[str, Any], clock: AppClock) -> None:
         """granian's environ, completed to the bridge's (:func:`corepool.engines.wsgi.build_environ`)."""
-        if self.script:
-            path = environ["PATH_INFO"]
-            environ["SCRIPT_NAME"] = self.script
-            if path.startswith(self.script):
-                environ["PATH_INFO"] = path[len(self.script):]
-        else:
-            environ["SCRIPT_NAME"] = ""
+        # root_path: the proxy in front stripped the prefix, so the path stays the client's, as on the bridge.
+        environ["SCRIPT_NAME"] = self.script
         environ.update(_WSGI_KEYS)
         peer = environ.get("REMOTE_ADDR", "")
         if self.unix:
@@ -430,8 +437,8 @@ class WSGICall:
             name, _, port = host.rpartition(":") if host.rpartition(":")[2].isdigit() else (host, "", "")
             environ["SERVER_NAME"] = name or "localhost"
             environ["SERVER_PORT"] = port or ("443" if environ["wsgi.url_scheme"] == "https" else "80")
-        if self.proxy is not None and (self.unix or self._trusted(peer)):
-            self._apply_proxy(environ)
+        if self.proxy is not None and (self.unix or self.proxy.trusted(peer)):
+            self._apply_proxy(environ, self.proxy)
         length = environ.get("CONTENT_LENGTH")
         declared = int(length) if length and length.isdigit() else None
         if declared or "HTTP_TRANSFER_ENCODING" in environ:
@@ -439,25 +446,15 @@ class WSGICall:
         else:
             environ["wsgi.input"] = io.BytesIO(b"")
 
-    def _trusted(self, peer: str) -> bool:
-        trusted = self.trusted.get(peer)
-        if trusted is None:
-            assert self.proxy is not None
-            trusted = self.proxy.trusted(peer)
-            if len(self.trusted) < 1024:  # bounded: peers are many only behind no proxy at all
-                self.trusted[peer] = trusted
-        return trusted
-
-    def _apply_proxy(self, environ: dict[str, Any]) -> None:
+    @staticmethod
+    def _apply_proxy(environ: dict[str, Any], trust: front.ProxyTrust) -> None:
         forwarded_for = environ.get("HTTP_X_FORWARDED_FOR")
         proto = environ.get("HTTP_X_FORWARDED_PROTO")
         if forwarded_for is None and proto is None:
             return
-        scope: dict[str, Any] = {"type": "http", "scheme": environ["wsgi.url_scheme"], "headers": [
-            (name, value.encode("latin-1")) for name, value in
-            ((b"x-forwarded-for", forwarded_for), (b"x-forwarded-proto", proto)) if value is not None]}
-        assert self.proxy is not None
-        self.proxy._apply(scope)  # front.ProxyHeaders' semantics exactly, on the two fields it reads
+        scope: dict[str, Any] = {"type": "http", "scheme": environ["wsgi.url_scheme"]}
+        trust.apply(scope, None if proto is None else proto.encode("latin-1"),
+                    [] if forwarded_for is None else [forwarded_for.encode("latin-1")])
         environ["wsgi.url_scheme"] = scope["scheme"]
         if "client" in scope:
             environ["REMOTE_ADDR"] = scope["client"][0]
@@ -472,7 +469,9 @@ class WSGICall:
                            exc_info: Any = None) -> Callable[[bytes], None]:
             if exc_info is not None:
                 try:
-                    if streaming:  # PEP 3333: too late to change the status, re-raise
+                    # PEP 3333: too late to change the status once the body began (write() counts, though
+                    # it is held until the app returns: granian takes one response per call), re-raise
+                    if streaming or written:
                         raise exc_info[1].with_traceback(exc_info[2])
                 finally:
                     exc_info = None
@@ -484,13 +483,18 @@ class WSGICall:
                     name.encode("latin-1"), value.encode("latin-1")
             except (TypeError, ValueError, AttributeError, UnicodeError) as exc:
                 raise ValueError(f"bad WSGI status or headers: {status!r} {headers!r}") from exc
-            response[:] = [code, [*headers, _CLOSE] if self.draining.now else headers]
+            close = self.draining.now or chunked
+            response[:] = [code, [*headers, *self.added, _CLOSE] if close else [*headers, *self.added]]
             return write
 
         def write(data: bytes) -> None:  # PEP 3333's write(): sent before the iterable's blocks
             _check_bytes(data)
             written.append(bytes(data))
 
+        # hyper reads a body with both Content-Length and Transfer-Encoding as chunked and drops the length, out of
+        # sight: after a chunked request the connection closes (RFC 9112 §6.1), so that nothing a proxy framed by
+        # the length is ever read from it as a next request.
+        chunked = "HTTP_TRANSFER_ENCODING" in environ
         streaming = False
         result: Iterable[bytes] = self.app(environ, start_response)
         if isinstance(result, (list, tuple)):
@@ -644,7 +648,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
 
 
 async def _serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
-    from corepool.engines.httpfront import BAD_REQUESTS
+    from corepool.engines.http11 import BAD_REQUESTS
 
     loop = asyncio.get_running_loop()
     options = spec.http
