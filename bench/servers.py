@@ -22,12 +22,15 @@ from typing import Any
 
 from bench import env
 
+WSGI_ENGINES = ("bridge", "granian")  # corepool's wsgi_engine values a bench server can name
 GTHREAD_THREADS = 10  # gunicorn gthread as commonly deployed (corepool's own default is 64: wsgi-threads.md)
 
 # name -> (interface it serves, one-line description for the report)
 SERVERS: dict[str, tuple[str, str]] = {
     "corepool-lazy": ("any", "corepool, lazy mode (each worker imports the app)"),
     "corepool-preload": ("any", "corepool, preload mode (per-generation loader, gc.freeze, fork)"),
+    "corepool-bridge": ("wsgi", "corepool, preload mode, WSGI on the bridge (wsgi_engine bridge)"),
+    "corepool-granian": ("wsgi", "corepool, preload mode, WSGI on granian's Rust worker (wsgi_engine granian)"),
     "gunicorn-sync": ("wsgi", "gunicorn, sync worker"),
     "gunicorn-gthread": ("wsgi", f"gunicorn, gthread worker, {GTHREAD_THREADS} threads"),
     "gunicorn-uvicorn": ("asgi", "gunicorn with uvicorn-worker's UvicornWorker"),
@@ -56,7 +59,11 @@ def argv(name: str, module: str, interface: str, port: int, workers: int, workdi
     target = f"{module}:{'wsgi' if interface == 'wsgi' else 'app'}"
     bind = f"127.0.0.1:{port}"
     if name.startswith("corepool-"):
-        mode = env.corepool_modes()[name.removeprefix("corepool-")]
+        kind = name.removeprefix("corepool-")
+        # corepool-bridge / corepool-granian: preload mode with that WSGI engine (not in corepool_servers():
+        # only the cases that name them run them)
+        engine = ["--wsgi-engine", kind] if kind in WSGI_ENGINES else []
+        mode = env.corepool_modes()["preload" if engine else kind] + engine
         return [env.bin_path("corepool"), "serve", target, "--interface", interface, "--bind", bind,
                 "--workers", str(workers), "--control", str(workdir / "control.sock"), "--app-dir", str(env.REPO),
                 "--no-access-log", "--log-level", "warning", *mode, *extra_args]  # fmt: skip
