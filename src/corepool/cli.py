@@ -145,7 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     from corepool.systemd import Notifier
 
     s = _load_settings(args)
-    engine, why = engines.wsgi_engine(s.wsgi_engine)  # before anything is bound: granian asked for and missing
+    engine, why = engines.wsgi_engine(settings.HttpOptions.of(s))  # before anything is bound: a start error
     log.setup(s.log_level)
     failure = _tls_failure(s)
     if failure is not None:
@@ -222,7 +222,7 @@ def _check(args: argparse.Namespace) -> int:
             print(exc.detail.rstrip(), file=sys.stderr)
         return _fail(EXIT_FAILURE, str(exc))
     interface = apps.detect_interface(app, s.interface)
-    engine, _ = engines.wsgi_engine(s.wsgi_engine)
+    engine, _ = engines.wsgi_engine(settings.HttpOptions.of(s))
     from corepool.policy import counted
     served = f"wsgi on {_ENGINE_NAMES[engine]}" if interface == "wsgi" else interface
     print(

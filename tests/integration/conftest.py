@@ -37,6 +37,8 @@ class Pool:
             argv += ["--workers", str(workers)]
         if wsgi_engine is not None:
             argv += ["--wsgi-engine", wsgi_engine]
+        if wsgi_engine == "granian":
+            argv += ["--no-http2"]  # granian serves HTTP/1.1 only (engines.bridge_only)
         self.argv = argv
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING
 from corepool.engines.routes import Route
 
 if TYPE_CHECKING:
+    from corepool.settings import HttpOptions
     from corepool.workerapi import WorkerLink, WorkerSpec
 
-__all__ = ["Route", "import_all", "serve", "wsgi_engine"]
+__all__ = ["Route", "bridge_only", "import_all", "serve", "wsgi_engine"]
 
 
 def import_all() -> None:
@@ -31,23 +32,39 @@ def import_all() -> None:
         import uvloop  # noqa: F401
 
 
-def wsgi_engine(setting: str) -> tuple[str, str]:
+def wsgi_engine(options: HttpOptions) -> tuple[str, str]:
     """(engine, why) for the ``wsgi_engine`` setting: "granian" or "bridge", and the reason in words.
 
-    Raises :class:`corepool.settings.SettingsError` when ``granian`` is asked for and cannot serve (a start error).
+    Raises :class:`corepool.settings.SettingsError` when ``granian`` is asked for and cannot serve (a start error):
+    granian is not installed as pinned, or the settings ask for what corepool serves on the bridge only.
     """
     from corepool.engines import granian_wsgi
     from corepool.settings import SettingsError
 
+    setting = options.wsgi_engine
     if setting == "bridge":
         return "bridge", "wsgi_engine is bridge"
     problem = granian_wsgi.unusable()
     if problem is None:
-        return "granian", f"granian {granian_wsgi.PINNED} is installed" + (
-            "" if setting == "granian" else " (wsgi_engine auto)")
+        problem = bridge_only(options)
+        if problem is None:
+            return "granian", f"granian {granian_wsgi.PINNED} is installed" + (
+                "" if setting == "granian" else " (wsgi_engine auto)")
+        problem += ", which only the bridge serves"
     if setting == "granian":
         raise SettingsError(f"wsgi_engine: granian cannot serve: {problem} (or set wsgi_engine to auto or bridge)")
     return "bridge", problem
+
+
+def bridge_only(options: HttpOptions) -> str | None:
+    """What these settings ask for that corepool serves on the bridge only, or None. corepool drives granian's
+    worker for HTTP/1.1 in cleartext: its TLS and HTTP/2 (which granian has) are not wired to corepool's
+    settings, drain and checks, so a configuration with either runs WSGI on the bridge."""
+    if options.ssl_certfile:
+        return "ssl_certfile is set (TLS)"
+    if options.http2:
+        return "http2 is on (set http2 = false for granian)"
+    return None
 
 
 def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
@@ -59,7 +76,7 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
         (route,) = routes  # settings refuse routes next to a raw handler
         return raw.serve(route.app, route.sockets, link, spec)
     if spec.http.wsgi_engine != "bridge" and any(route.interface == "wsgi" for route in routes):
-        problem = native_problem(routes, spec.http.wsgi_engine)
+        problem = native_problem(routes, spec.http)
         if problem is None:
             from corepool.engines import granian_wsgi
 
@@ -73,15 +90,16 @@ def serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int:
     return asgi.serve(routes, link, spec)
 
 
-def native_problem(routes: list[Route], setting: str) -> str | None:
+def native_problem(routes: list[Route], options: HttpOptions) -> str | None:
     """Why this worker's WSGI routes do not run on granian: "" when the start line already said why (``auto``
-    without granian), a reason to log when that line is no longer true (an ASGI route beside them: one engine per
-    worker; a socket granian must not be given; ``granian`` in a re-read config, unusable), None when they can."""
+    without granian, or with settings only the bridge serves), a reason to log when that line is no longer true
+    (an ASGI route beside them: one engine per worker; a socket granian must not be given; ``granian`` in a
+    re-read config that it cannot serve), None when they can."""
     from corepool.engines import granian_wsgi
 
-    problem = granian_wsgi.unusable()
+    problem = granian_wsgi.unusable() or bridge_only(options)
     if problem is not None:
-        return problem if setting == "granian" else ""
+        return problem if options.wsgi_engine == "granian" else ""
     if any(route.interface != "wsgi" for route in routes):
         return "this worker also serves ASGI routes, and a worker runs one engine"
     for route in routes:
