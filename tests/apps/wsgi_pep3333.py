@@ -4,7 +4,7 @@
 ``/chunked`` reads its body whole; ``/write`` mixes ``write()`` and the iterable; ``/exc-before`` replaces an
 unsent status with ``exc_info``; ``/exc-after`` calls ``start_response`` with ``exc_info`` after a ``write()``
 (which must re-raise); ``/raise-mid?id=I`` raises after its first block and records each ``close()`` in
-``$WSGI_TEST_DIR``; ``/raise`` raises before ``start_response``.
+``$WSGI_TEST_DIR``; ``/raise`` raises before ``start_response``; ``/file`` is this file through ``wsgi.file_wrapper``.
 """
 
 import json
@@ -105,6 +105,9 @@ def app(environ, start_response):
     if path == "/raise-mid":
         start_response("200 OK", [("Content-Type", "text/plain")])
         return RaiseMid(environ["QUERY_STRING"].partition("=")[2])
+    if path == "/file":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return environ["wsgi.file_wrapper"](open(__file__, "rb"), 1000)
     if path == "/raise":
         raise LookupError("raised before start_response")
     return json_response(start_response, {"pid": os.getpid()})

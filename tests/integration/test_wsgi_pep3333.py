@@ -106,6 +106,11 @@ def test_write_is_sent_before_the_iterable_in_order(served: Served) -> None:
     assert served.get("/write") == (200, b"abcd")
 
 
+def test_a_file_wrapper_sends_the_whole_file(served: Served) -> None:
+    app_file = Path(__file__).parents[1] / "apps" / "wsgi_pep3333.py"
+    assert served.get("/file") == (200, app_file.read_bytes())
+
+
 def test_exc_info_replaces_a_status_not_yet_sent(served: Served) -> None:
     assert served.get("/exc-before") == (500, b"replaced")
 

@@ -45,7 +45,7 @@ from corepool.engines.eventloop import loop_factory
 from corepool.engines.requestcheck import Reject, check_head
 from corepool.engines.routes import Route
 from corepool.engines.stats import AppClock, RequestStats, log_app_error
-from corepool.engines.wsgi import ClientDisconnected
+from corepool.engines.wsgi import ClientDisconnected, FileWrapper
 from corepool.settings import HttpOptions
 from corepool.workerapi import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
@@ -555,6 +555,7 @@ _WSGI_KEYS: dict[str, Any] = {
     "wsgi.multiprocess": True,
     "wsgi.run_once": False,
     "wsgi.input_terminated": True,
+    "wsgi.file_wrapper": FileWrapper,  # the bridge's; here iterated in blocks (granian's protocol has no fd send)
 }
 
 
