@@ -57,7 +57,6 @@ CASES: dict[str, Answer] = {
     "fragment": Answer(200, None, _TARGET.format("hyper strips a fragment")),
     "http2-version": Answer(400, None, "hyper refuses another HTTP version with 400 (the bridge: 505)"),
     "http3-version": Answer(400, None, "hyper refuses another HTTP version with 400 (the bridge: 505)"),
-    "h2-preface": Answer(None, None, "hyper closes on the HTTP/2 preface without an answer (the bridge: 505)"),
     "upgrade-h2c": Answer(200, (200,), "hyper ignores Upgrade: h2c and goes on reading the connection"),
 }
 
