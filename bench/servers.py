@@ -30,7 +30,8 @@ SERVERS: dict[str, tuple[str, str]] = {
     "corepool-lazy": ("any", "corepool, lazy mode (each worker imports the app)"),
     "corepool-preload": ("any", "corepool, preload mode (per-generation loader, gc.freeze, fork)"),
     "corepool-bridge": ("wsgi", "corepool, preload mode, WSGI on the bridge (wsgi_engine bridge)"),
-    "corepool-granian": ("wsgi", "corepool, preload mode, WSGI on granian's Rust worker (wsgi_engine granian)"),
+    "corepool-granian": ("wsgi", "corepool, preload mode, WSGI on granian's Rust worker (wsgi_engine granian, "
+                                 "http2 off)"),
     "gunicorn-sync": ("wsgi", "gunicorn, sync worker"),
     "gunicorn-gthread": ("wsgi", f"gunicorn, gthread worker, {GTHREAD_THREADS} threads"),
     "gunicorn-uvicorn": ("asgi", "gunicorn with uvicorn-worker's UvicornWorker"),
@@ -63,6 +64,8 @@ def argv(name: str, module: str, interface: str, port: int, workers: int, workdi
         # corepool-bridge / corepool-granian: preload mode with that WSGI engine (not in corepool_servers():
         # only the cases that name them run them)
         engine = ["--wsgi-engine", kind] if kind in WSGI_ENGINES else []
+        if kind == "granian":
+            engine.append("--no-http2")  # granian serves cleartext HTTP/1.1 only (engines.bridge_only)
         mode = env.corepool_modes()["preload" if engine else kind] + engine
         return [env.bin_path("corepool"), "serve", target, "--interface", interface, "--bind", bind,
                 "--workers", str(workers), "--control", str(workdir / "control.sock"), "--app-dir", str(env.REPO),
