@@ -45,7 +45,11 @@ from corepool.engines.eventloop import loop_factory
 from corepool.engines.requestcheck import Reject, check_head
 from corepool.engines.routes import Route
 from corepool.engines.stats import AppClock, RequestStats, log_app_error
-from corepool.engines.wsgi import ClientDisconnected, FileWrapper
+from corepool.engines.wsgi import (
+    ClientDisconnected,
+    FileWrapper,
+    _Input,  # the bridge's reads, over granian's body (Input)
+)
 from corepool.settings import HttpOptions
 from corepool.workerapi import EXIT_BOOT_FAILED, EXIT_OK, WorkerLink, WorkerSpec
 
@@ -73,6 +77,7 @@ KNOWN_METHODS = frozenset([
     "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PURGE", "MKCALENDAR", "LINK", "UNLINK",
     "SOURCE", "QUERY",
 ])
+READ_SIZE = 1 << 16  # what wsgi.input asks granian's body for at a time
 MIN_BUFFER = 8192  # hyper refuses (panics on) a smaller read buffer
 RUNTIME_THREADS = 1  # granian's own default: one Rust I/O thread per worker process
 
@@ -205,80 +210,43 @@ class TooLarge(Exception):
     """A chunked request body went past ``max_body_bytes`` while the app read it."""
 
 
-class Input:
-    """``wsgi.input`` over granian's body: the clock paused while the app waits for its client, ``read(-1)`` and
-    ``readline(size)`` as PEP 3333 says (granian's want ``None`` and ignore the size), ``max_body_bytes`` for
-    chunked bodies, and :class:`ClientDisconnected` when a body ends before its Content-Length."""
+class Input(_Input):
+    """``wsgi.input`` over granian's body: the bridge's reads (PEP 3333's ``read(-1)``, ``readline(size)``, never
+    short), filled from granian's ``read(n)`` (which returns short only at the end) with the clock paused while the
+    app waits for its client, ``max_body_bytes`` for chunked bodies, and :class:`ClientDisconnected` when a body
+    ends before its Content-Length."""
 
     def __init__(self, body: Any, clock: AppClock, length: int | None, limit: int) -> None:
+        self.buffer = bytearray()
+        self.eof = False
         self.body, self.clock, self.length, self.limit = body, clock, length, limit
-        self.pending = b""  # read from granian, not yet given to the app
         self.taken = 0  # body bytes read from granian
-        self.ended = False
 
-    def _pull(self, size: int | None, line: bool = False) -> bytes:
-        if self.ended:
-            return b""
-        if self.limit and not line:
-            # granian's read(n) returns only with n bytes (or at the end): ask for no more than one byte past
-            # the limit, so that a body going over it is refused when it does, not when it ends.
-            allowed = self.limit - self.taken + 1
-            if size is None:
-                parts = []
-                while (part := self._pull(min(allowed, 1 << 20))) and not self.ended:
-                    parts.append(part)
-                    allowed = self.limit - self.taken + 1
-                return b"".join([*parts, part])
-            size = min(size, allowed)
+    def _fill(self) -> bool:
+        if self.eof:
+            return False
+        size = READ_SIZE
+        if self.length is not None:
+            size = min(size, self.length - self.taken)  # granian's read(n) waits for n: never past the end
+        if self.limit:
+            size = min(size, self.limit - self.taken + 1)  # one past the limit: refused when it is crossed
+        if size <= 0:
+            self.eof = True
+            return False
         self.clock.pause()  # the app waits for its client: request_timeout does not count it
         try:
-            data: bytes = self.body.readline() if line else self.body.read(size)
+            data: bytes = self.body.read(size)
         finally:
             self.clock.resume()
         self.taken += len(data)
         if self.limit and self.taken > self.limit:
             raise TooLarge
-        if not data or (size is not None and len(data) < size) or (line and not data.endswith(b"\n")):
-            self.ended = True
+        if len(data) < size:
+            self.eof = True
             if self.length is not None and self.taken < self.length:
                 raise ClientDisconnected("the client disconnected before the end of the request body")
-        return data
-
-    def read(self, size: int | None = -1) -> bytes:
-        if size is None or size < 0:
-            data, self.pending = self.pending + self._pull(None), b""
-            return data
-        if len(self.pending) < size:
-            self.pending += self._pull(size - len(self.pending))
-        data, self.pending = self.pending[:size], self.pending[size:]
-        return data
-
-    def readline(self, size: int | None = -1) -> bytes:
-        while b"\n" not in self.pending and not self.ended and (size is None or size < 0 or len(self.pending) < size):
-            self.pending += self._pull(None, line=True)
-        end = self.pending.find(b"\n") + 1 or len(self.pending)
-        if size is not None and size >= 0:
-            end = min(end, size)
-        data, self.pending = self.pending[:end], self.pending[end:]
-        return data
-
-    def readlines(self, hint: int | None = -1) -> list[bytes]:
-        lines, total = [], 0
-        while line := self.readline():
-            lines.append(line)
-            total += len(line)
-            if hint is not None and 0 < hint <= total:
-                break
-        return lines
-
-    def __iter__(self) -> Iterator[bytes]:
-        return self
-
-    def __next__(self) -> bytes:
-        line = self.readline()
-        if not line:
-            raise StopIteration
-        return line
+        self.buffer += data
+        return bool(data)
 
 
 class Streamed:
