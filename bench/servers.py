@@ -64,8 +64,6 @@ def argv(name: str, module: str, interface: str, port: int, workers: int, workdi
         # corepool-bridge / corepool-granian: preload mode with that WSGI engine (not in corepool_servers():
         # only the cases that name them run them)
         engine = ["--wsgi-engine", kind] if kind in WSGI_ENGINES else []
-        if kind == "granian":
-            engine.append("--no-http2")  # granian serves cleartext HTTP/1.1 only (engines.bridge_only)
         mode = env.corepool_modes()["preload" if engine else kind] + engine
         return [env.bin_path("corepool"), "serve", target, "--interface", interface, "--bind", bind,
                 "--workers", str(workers), "--control", str(workdir / "control.sock"), "--app-dir", str(env.REPO),

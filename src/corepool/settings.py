@@ -78,9 +78,9 @@ FIELDS: tuple[Field, ...] = (
     Field("log_level", str, "debug, info, warning or error", choices=LOG_LEVELS),
     # Crash policy, liveness and recycling.
     Field("threads", int, "WSGI app threads per worker", minimum=1),
-    Field("wsgi_engine", str, "what serves WSGI apps: auto (granian when corepool[granian] is installed and the "
-          "pool serves cleartext HTTP/1.1 only, else the bridge), bridge (corepool's HTTP and thread pool) or "
-          "granian (granian's Rust worker; needs http2 = false and no TLS)",
+    Field("wsgi_engine", str, "what serves WSGI apps: auto (granian when corepool[granian] is installed and there "
+          "is no TLS, else the bridge), bridge (corepool's HTTP and thread pool) or "
+          "granian (granian's Rust worker; HTTP/1.1, no TLS)",
           choices=WSGI_ENGINES),
     Field("request_timeout", float, "seconds a request may run before its worker is retired (0: off)",
           minimum=0.0),

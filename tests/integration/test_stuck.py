@@ -11,10 +11,17 @@ from typing import Any
 
 import pytest
 
+from tests.integration.conftest import WSGI_ENGINES, engine_param
+
 
 @pytest.fixture
 def mode() -> str:
     return "preload"
+
+
+@pytest.fixture(params=WSGI_ENGINES)
+def wsgi_engine(request: pytest.FixtureRequest) -> str:
+    return engine_param(request)  # the WSGI test on both engines (the ASGI ones make no WSGI pool)
 
 
 SLOW_PINGS = ("--health-interval", "60")  # a ping would come after the test is over: only the watch can find it
@@ -41,7 +48,7 @@ def replaced(pool: Any, old: set[int]) -> None:
     pool.wait_for(lambda s: s["workers_ready"] == 1 and not pool.pids() & old, timeout=20, what="replaced")
 
 
-def test_a_wsgi_request_past_its_timeout_logs_its_threads_stack(pool_factory: Any) -> None:
+def test_a_wsgi_request_past_its_timeout_logs_its_threads_stack(pool_factory: Any, wsgi_engine: str) -> None:
     pool = pool_factory("stuck_app:wsgi", *SLOW_PINGS, "--request-timeout", "1", "--graceful-timeout", "1",
                         workers=1).start()
     old = pool.pids()

@@ -41,10 +41,8 @@ def test_granian_serves_cleartext_http1_when_usable(setting: str) -> None:
 
 
 @pytest.mark.usefixtures("granian_usable")
-@pytest.mark.parametrize(("changes", "reason"), [({"ssl_certfile": "cert.pem"}, "ssl_certfile is set (TLS)"),
-                                                  ({"http2": True}, "http2 is on")])
-def test_tls_or_http2_is_the_bridge_on_auto_and_a_start_error_on_granian(changes: dict[str, object],
-                                                                        reason: str) -> None:
+@pytest.mark.parametrize(("changes", "reason"), [({"ssl_certfile": "cert.pem"}, "ssl_certfile is set (TLS)")])
+def test_tls_is_the_bridge_on_auto_and_a_start_error_on_granian(changes: dict[str, object], reason: str) -> None:
     engine, why = engines.wsgi_engine(options(wsgi_engine="auto", **changes))
     assert engine == "bridge" and why.startswith(reason) and "only the bridge serves" in why
     with pytest.raises(SettingsError, match="^" + re.escape(f"wsgi_engine: granian cannot serve: {reason}")):
@@ -60,6 +58,8 @@ def test_granian_missing_is_the_bridge_on_auto_and_a_start_error_on_granian() ->
         engines.wsgi_engine(options(wsgi_engine="granian"))
 
 
-def test_the_default_settings_run_wsgi_on_the_bridge() -> None:
-    """http2 is on by default, and granian is driven for HTTP/1.1 only."""
-    assert engines.wsgi_engine(HttpOptions())[0] == "bridge"
+@pytest.mark.usefixtures("granian_usable")
+def test_the_default_settings_run_wsgi_on_granian_without_h2c() -> None:
+    """http2 is on by default; granian serves its sockets in HTTP/1.1 and the start line says so."""
+    engine, why = engines.wsgi_engine(HttpOptions())
+    assert engine == "granian" and "HTTP/2 (h2c) is not offered on the sockets it serves" in why

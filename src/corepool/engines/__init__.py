@@ -48,8 +48,11 @@ def wsgi_engine(options: HttpOptions) -> tuple[str, str]:
     if problem is None:
         problem = bridge_only(options)
         if problem is None:
+            # HTTP/2 stays the ASGI sockets' and the bridge's: granian is driven for HTTP/1.1 (its own HTTP/2 is
+            # not wired to corepool's limits and drain), and a WSGI app behind a proxy rarely needs h2c.
+            h1_only = "; HTTP/2 (h2c) is not offered on the sockets it serves (wsgi_engine = bridge offers it)"
             return "granian", f"granian {granian_wsgi.PINNED} is installed" + (
-                "" if setting == "granian" else " (wsgi_engine auto)")
+                "" if setting == "granian" else " (wsgi_engine auto)") + (h1_only if options.http2 else "")
         problem += ", which only the bridge serves"
     if setting == "granian":
         raise SettingsError(f"wsgi_engine: granian cannot serve: {problem} (or set wsgi_engine to auto or bridge)")
@@ -58,12 +61,11 @@ def wsgi_engine(options: HttpOptions) -> tuple[str, str]:
 
 def bridge_only(options: HttpOptions) -> str | None:
     """What these settings ask for that corepool serves on the bridge only, or None. corepool drives granian's
-    worker for HTTP/1.1 in cleartext: its TLS and HTTP/2 (which granian has) are not wired to corepool's
-    settings, drain and checks, so a configuration with either runs WSGI on the bridge."""
+    worker for cleartext HTTP/1.1: its TLS (which granian has) is not wired to corepool's settings, reloads and
+    checks, so a configuration with TLS runs WSGI on the bridge. (HTTP/2 is simply not offered on the sockets
+    granian serves: see :func:`wsgi_engine`.)"""
     if options.ssl_certfile:
         return "ssl_certfile is set (TLS)"
-    if options.http2:
-        return "http2 is on (set http2 = false for granian)"
     return None
 
 

@@ -45,6 +45,7 @@ from corepool.engines.eventloop import loop_factory
 from corepool.engines.requestcheck import Reject, check_head
 from corepool.engines.routes import Route
 from corepool.engines.stats import AppClock, RequestStats, log_app_error
+from corepool.engines.stuck import StuckWatch
 from corepool.engines.wsgi import (
     ClientDisconnected,
     FileWrapper,
@@ -676,7 +677,15 @@ async def _serve(routes: list[Route], link: WorkerLink, spec: WorkerSpec) -> int
     link.on_request_limit = on_request_limit
     link.attach(loop)
     link.send("ready")
-    await asyncio.gather(*(server.stopped for server in servers))
+    # A request past request_timeout is reported within a second with its app thread's stack (the clock knows its
+    # thread: RequestStats(threaded=True) begins on it).
+    watch = StuckWatch(requests, spec.http.request_timeout, spec.http.health_timeout,
+                       lambda: link.send("pong", seq=None, **stats()))
+    watch.start(loop)
+    try:
+        await asyncio.gather(*(server.stopped for server in servers))
+    finally:
+        watch.stop()
     link.send("pong", seq=None, **stats())  # the requests served since the last ping count too
     return EXIT_OK
 
