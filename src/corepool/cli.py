@@ -150,7 +150,6 @@ def _serve(args: argparse.Namespace) -> int:
     failure = _tls_failure(s)
     if failure is not None:
         return _fail(EXIT_FAILURE, failure)
-    log.event("start", f"WSGI apps are served by {_ENGINE_NAMES[engine]}: {why}")
     notifier = Notifier()
     try:
         acquired = listeners.acquire(s.bind, s.backlog, os.environ, _endpoints(s))
@@ -168,6 +167,8 @@ def _serve(args: argparse.Namespace) -> int:
             "name them with FileDescriptorName= or --bind NAME=ADDRESS)"
         )
     _keep_in_fd_store(notifier, acquired)
+    # said once the start can no longer fail on bad input (a refused start stays one line)
+    log.event("start", f"WSGI apps are served by {_ENGINE_NAMES[engine]}: {why}")
     flags = _flags(args)
     if args.app:
         flags["app"] = args.app
