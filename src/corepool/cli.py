@@ -298,6 +298,8 @@ def _reload(args: argparse.Namespace) -> int:
     if answer.get("error"):
         return _fail(EXIT_FAILURE, str(answer["error"]))
     if not args.wait:
+        if not answer.get("ok"):  # refused (the pool is stopping): say why, never "reload started"
+            return _fail(EXIT_FAILURE, str(answer.get("reason")))
         print("reload queued behind the current one" if answer.get("queued") else "reload started")
         return 0
     reason = answer.get("reason", "")

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -382,3 +383,35 @@ def test_a_worker_writing_garbage_on_its_channel_is_replaced(tmp_path: Path) -> 
         assert "not JSON" in pool.log()
     finally:
         pool.close()
+
+
+@contextlib.contextmanager
+def stopping_pool(tmp_path: Path) -> Iterator[Pool]:
+    """A pool told to stop (SIGTERM) whose graceful stop waits for a held request: phase "stopping" until the
+    request is released."""
+    import threading
+
+    from tests.support import get_json, inflight
+
+    release = tmp_path / "release"
+    pool = Pool(tmp_path, "fleet_app:app", "--graceful-timeout", "60", workers=1)
+    pool.start()
+    holder = threading.Thread(target=lambda: get_json(pool.port, f"/hold?flag={release}", 60))
+    try:
+        holder.start()
+        pool.wait_for(lambda s: inflight(s) == 1, what="the held request in flight")
+        pool.signal(signal.SIGTERM)
+        pool.wait_for(lambda s: s["phase"] == "stopping", what="the pool stopping")
+        yield pool
+    finally:
+        release.touch()
+        holder.join(timeout=60)
+        pool.close()
+
+
+def test_reload_against_a_stopping_pool_fails_with_the_reason(tmp_path: Path) -> None:
+    with stopping_pool(tmp_path) as pool:
+        out = pool.ctl("reload")
+        assert out.returncode == 1, out
+        assert one_line(out) == "corepool: error: the pool is stopping", out.stderr
+        assert "reload started" not in out.stdout
