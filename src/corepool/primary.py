@@ -712,7 +712,7 @@ class Primary:
             self._answer_status_waiters()
         elif cmd == "reload":
             if self.policy.phase in (policy.PoolPhase.STOPPING, policy.PoolPhase.EXITED):
-                reply({"ok": False, "reason": "the pool is stopping"})
+                reply({"ok": False, "error": "the pool is stopping"})
                 return
             queued = self.policy.reloading or self.policy.phase is policy.PoolPhase.STARTING
             now = time.monotonic()

@@ -415,3 +415,8 @@ def test_reload_against_a_stopping_pool_fails_with_the_reason(tmp_path: Path) ->
         assert out.returncode == 1, out
         assert one_line(out) == "corepool: error: the pool is stopping", out.stderr
         assert "reload started" not in out.stdout
+        out = pool.ctl("reload", "--wait")
+        assert out.returncode == 1 and one_line(out) == "corepool: error: the pool is stopping", out.stderr
+        # Every refusal has one shape, whatever the command.
+        for request in (b'{"cmd": "reload"}\n', b'{"cmd": "reload", "wait": true}\n', b'{"cmd": "drain"}\n'):
+            assert _ask(pool.control, request) == {"ok": False, "error": "the pool is stopping"}, request
