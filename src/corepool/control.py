@@ -7,7 +7,8 @@ back; ``{"cmd": "reload", "wait": true}`` gets its answer when the reload is ove
 request                     answer
 ==========================  ======================================================================
 ``{"cmd": "status"}``       ``{"ok": true, "status": {...}}``: the pool and each worker
-``{"cmd": "reload"}``       ``{"ok": true, "generation": N}`` once the reload is started or queued
+``{"cmd": "reload"}``       ``{"ok": true, "generation": N, "queued": bool}`` once the reload to
+                            generation N is started, or queued behind the roll (or start-up) in progress
 ``{"cmd": "reload",         ``{"ok": true|false, "generation": N, "reason": "..."}`` when it is done
 "wait": true}``             (``ok`` false: rolled back, the old workers still serve)
 ``{"cmd": "drain",          ``{"ok": true, "health": 503, "reason": "...", "drain_seconds": S}``: the
@@ -15,6 +16,9 @@ request                     answer
 "cancel": bool}``           a graceful stop after ``drain_seconds``; ``cancel``: 200 again)
 anything else               ``{"ok": false, "error": "..."}``
 ==========================  ======================================================================
+
+Every refusal (an unknown command, a reload or drain while the pool is stopping, a drain without a health
+endpoint, a bad request) is ``{"ok": false, "error": "..."}``; ``reason`` is only ever a result's.
 
 Bad clients cost the primary nothing: a client whose uid (``SO_PEERCRED``, taken at connect) is neither the
 pool's nor root's is answered ``{"ok": false, ...}`` whatever the socket's mode; a request that is not JSON, over

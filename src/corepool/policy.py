@@ -333,6 +333,11 @@ class Policy:
     def reloading(self) -> bool:
         return self.roll is not None
 
+    @property
+    def queued_generation(self) -> int:
+        """The generation a reload asked for now rolls to once the current roll (or start-up) is over."""
+        return self._last_generation + 1
+
     def ready_count(self) -> int:
         """Workers that serve: ready, and not being killed (a SIGKILLed worker keeps its state until it exits)."""
         return sum(1 for w in self.workers.values() if w.state is WorkerState.READY and w.kill_reason is None)

@@ -718,15 +718,18 @@ class Primary:
             now = time.monotonic()
             self.events.append(events.ReloadRequested(now, "reload via control socket"))
             self._drain_events()
+            roll = self.policy.roll
             if not req.get("wait"):
-                reply({"ok": True, "queued": queued})
+                generation = self.policy.queued_generation if queued or roll is None else roll.generation
+                reply({"ok": True, "generation": generation, "queued": queued})
             elif queued:
                 self.waiters.next_reload.append(reply)
-            elif self.policy.roll is not None:
-                self.waiters.by_generation.setdefault(self.policy.roll.generation, []).append(reply)
+            elif roll is not None:
+                self.waiters.by_generation.setdefault(roll.generation, []).append(reply)
             else:
                 last = self.policy.last_reload
-                reply({"ok": bool(last and last.ok), "reason": last.reason if last else "no reload ran"})
+                reply({"ok": bool(last and last.ok), "generation": last.generation if last else None,
+                       "reason": last.reason if last else "no reload ran"})
         elif cmd == "drain":
             self._control_drain(req, reply)
         else:

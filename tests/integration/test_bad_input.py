@@ -420,3 +420,14 @@ def test_reload_against_a_stopping_pool_fails_with_the_reason(tmp_path: Path) ->
         # Every refusal has one shape, whatever the command.
         for request in (b'{"cmd": "reload"}\n', b'{"cmd": "reload", "wait": true}\n', b'{"cmd": "drain"}\n'):
             assert _ask(pool.control, request) == {"ok": False, "error": "the pool is stopping"}, request
+
+
+def test_control_replies_are_the_documented_ones(pool: Pool) -> None:
+    """control.py's table, reply by reply (a reload's answer names the generation it rolls to)."""
+    status = _ask(pool.control, b'{"cmd": "status"}\n')
+    assert set(status) == {"ok", "status"} and status["ok"] is True
+    assert _ask(pool.control, b'{"cmd": "reload"}\n') == {"ok": True, "generation": 2, "queued": False}
+    # Queued behind the roll to 2, or started after it: either way generation 3, answered when it is over.
+    done = _ask(pool.control, b'{"cmd": "reload", "wait": true}\n')
+    assert done == {"ok": True, "generation": 3, "reason": "all workers run generation 3"}, done
+    assert _ask(pool.control, b'{"cmd": "drain"}\n')["error"].startswith("this pool has no health endpoint")
