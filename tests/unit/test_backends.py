@@ -42,7 +42,7 @@ def test_the_primary_never_imports_redis(url: str) -> None:
 
 def test_wire_format_round_trip_and_garbage() -> None:
     pytest.importorskip("redis")
-    from corepool import broadcast_redis as br
+    from corepool.backends import redis as br
 
     raw = br.encode("abc", 7, "cache.invalidate", {"key": "user:42"})
     assert br.decode(raw, 1000) == ("abc", 7, "cache.invalidate", {"key": "user:42"})
@@ -54,7 +54,7 @@ def test_wire_format_round_trip_and_garbage() -> None:
 
 def test_backoff_doubles_up_to_its_cap_with_jitter() -> None:
     pytest.importorskip("redis")
-    from corepool import broadcast_redis as br
+    from corepool.backends import redis as br
 
     rng = random.Random(1)
     delays = [br.backoff(n, rng) for n in range(1, 12)]

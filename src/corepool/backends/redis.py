@@ -49,7 +49,7 @@ import uuid
 from typing import Any
 
 from corepool import channel
-from corepool.backends import Changed, Deliver, Fork, redact
+from corepool.backends.base import Changed, Deliver, Fork, redact
 
 BACKOFF_BASE = 0.1
 BACKOFF_MAX = 5.0
