@@ -10,13 +10,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from corepool import __version__, apps, control, engines, settings
+from corepool.exits import EXIT_FAILURE, EXIT_USAGE
 
 if TYPE_CHECKING:
     from corepool.listeners import Acquired
     from corepool.systemd import Notifier
-
-EXIT_USAGE = 2
-EXIT_FAILURE = 1
 
 
 class _Parser(argparse.ArgumentParser):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corepool.exits import Ended
 from corepool.traffic import Traffic
 
 # ---------------------------------------------------------------------------------------------- events
@@ -80,13 +81,11 @@ class WorkerMisbehaved:
 
 @dataclass(frozen=True)
 class WorkerExited:
-    """The worker process is gone; ``description`` is human-readable ("exit code 3", "killed by SIGKILL")."""
+    """The worker process is gone, and how it ended."""
 
     wid: int
-    description: str
-    clean: bool
+    ended: Ended
     now: float
-    signal: str | None = None  # "SIGKILL" when a signal ended it
 
 
 @dataclass(frozen=True)
@@ -117,8 +116,10 @@ class LoaderBootError:
 
 @dataclass(frozen=True)
 class LoaderExited:
+    """The generation's loader process is gone, and how it ended."""
+
     generation: int
-    description: str
+    ended: Ended
     now: float
 
 

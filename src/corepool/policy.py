@@ -62,6 +62,7 @@ from corepool.events import (
     WorkerMisbehaved,
     WorkerReady,
 )
+from corepool.exits import EXIT_FAILURE, EXIT_OK, Ended
 from corepool.traffic import Traffic
 
 # ----------------------------------------------------------------------------------------------- state
@@ -179,10 +180,6 @@ class ReloadResult:
     finished_at: float
 
 
-# How a process that corepool asked to stop (SIGTERM) ends when it does as told: the primary's descriptions.
-AS_TOLD = frozenset({"exit code 0", "killed by SIGTERM"})
-
-
 def counted(n: int, noun: str) -> str:
     """``1 worker``, ``2 workers``: a count as the pool's messages say it."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
@@ -194,10 +191,6 @@ class PoolPhase(enum.Enum):
     RUNNING = "running"
     STOPPING = "stopping"
     EXITED = "exited"
-
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
 
 
 @dataclass
@@ -260,8 +253,8 @@ class Policy:
                 w = self.workers.get(wid)
                 if w is not None and w.kill_reason is None:
                     self._kill(w, f"broke the channel protocol: {reason}", out, Cause.CRASH)
-            case WorkerExited(wid, description, _clean, now, sig):
-                self._exited(wid, description, sig, now, out)
+            case WorkerExited(wid, ended, now):
+                self._exited(wid, ended, now, out)
             case ReloadRequested(now, reason):
                 self._reload_requested(now, reason, out)
             case ScaleRequested(delta, now):
@@ -282,8 +275,8 @@ class Policy:
             case LoaderBootError(generation, error, _now):
                 if generation in self.loaders:
                     self.loaders[generation].boot_error = error
-            case LoaderExited(generation, description, now):
-                self._loader_exited(generation, description, now, out)
+            case LoaderExited(generation, ended, now):
+                self._loader_exited(generation, ended, now, out)
             case PingAll(now):
                 for w in self.workers.values():
                     if w.state is WorkerState.READY and w.kill_reason is None and w.ping_sent_at is None:
@@ -406,12 +399,13 @@ class Policy:
         if self.roll is not None and self.roll.generation == generation:
             self._roll_next(now, out)
 
-    def _loader_exited(self, generation: int, description: str, now: float, out: list[Action]) -> None:
+    def _loader_exited(self, generation: int, ended: Ended, now: float, out: list[Action]) -> None:
         loader = self.loaders.pop(generation, None)
         if loader is None:
             return
+        description = ended.description
         why = loader.kill_reason or loader.boot_error or description
-        if loader.stopping and description in AS_TOLD:  # it ended because it was told to: no error
+        if loader.stopping and ended.as_told:  # it ended because it was told to: no error
             why_stopped = "pool stopping" if self.phase is PoolPhase.STOPPING else "retired"
             out.append(Report("loader", f"loader {loader.pid} of generation {generation} stopped ({why_stopped})"))
         elif loader.stopping:
@@ -555,10 +549,11 @@ class Policy:
         w.successor = new
         self.workers[new].predecessor = w.wid
 
-    def _exited(self, wid: int, description: str, sig: str | None, now: float, out: list[Action]) -> None:
+    def _exited(self, wid: int, ended: Ended, now: float, out: list[Action]) -> None:
         w = self.workers.pop(wid, None)
         if w is None:
             return
+        description = ended.description
         slot = self.slots.get(w.slot)
         expected = w.state is WorkerState.DRAINING
         cause = w.cause or (Cause.BOOT if w.state is WorkerState.BOOTING else Cause.CRASH)
@@ -570,9 +565,9 @@ class Policy:
                                                      ("SLOT", w.slot))
         if w.pid is not None:
             fields += (("WORKER_PID", w.pid),)
-        if sig is not None:
-            fields += (("SIGNAL", sig),)
-        if expected and description in AS_TOLD:  # drained and ended as told: say why it was asked to
+        if ended.signal is not None:
+            fields += (("SIGNAL", ended.signal),)
+        if expected and ended.as_told:  # drained and ended as told: say why it was asked to
             message = f"worker {self._name(w)} stopped ({cause.value})"
         else:
             message = (f"worker {self._name(w)} {'exited' if expected else 'died'}: {description}"

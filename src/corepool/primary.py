@@ -31,6 +31,7 @@ from corepool import (
     control,
     engines,
     events,
+    exits,
     health,
     hooks,
     loader,
@@ -50,7 +51,6 @@ from corepool.policy import Policy, Timing, WorkerState
 from corepool.systemd import Notifier
 
 _PR_SET_CHILD_SUBREAPER = 36
-EXIT_USAGE = 2  # as the CLI's: a setting that cannot work here
 MESSAGES_PER_WAKEUP = 64  # per channel and turn of the loop
 STATUS_WAIT = 0.25  # how long `corepool status` waits for fresh pongs before answering with what it has
 REMOTE_SENDER = 0  # the relay's sender id for broadcasts from other hosts (workers' ids start at 1)
@@ -161,7 +161,7 @@ class Primary:
         except apps.AppLoadError as exc:
             log.event("boot_error", f"{exc}\n{exc.detail.rstrip()}".rstrip(), warning=True)
             self._cleanup()
-            return policy.EXIT_FAILURE
+            return exits.EXIT_FAILURE
         engines.import_all()
         # Everything imported so far is shared with every process forked from here: keep the collector from
         # writing to it (and so copying its pages into the primary, and into a loader at its first collection).
@@ -176,13 +176,13 @@ class Primary:
         except ListenerError as exc:
             log.event("start", f"metrics_bind: {exc}", warning=True)
             self._cleanup()
-            return policy.EXIT_FAILURE
+            return exits.EXIT_FAILURE
         try:
             self.health.open()
         except ListenerError as exc:
             log.event("start", f"health_bind: {exc}", warning=True)
             self._cleanup()
-            return policy.EXIT_FAILURE
+            return exits.EXIT_FAILURE
         self.broadcast.open(self.selector, self._remote_broadcast, self._broadcast_news, self._fork)
         self._install_signals()
         if self.settings.reload:
@@ -193,7 +193,7 @@ class Primary:
             except devreload.DevReloadUnavailable as exc:
                 log.event("start", f"--reload: {exc}", warning=True)
                 self._cleanup()
-                return EXIT_USAGE
+                return exits.EXIT_USAGE  # as the CLI's: a setting that cannot work here
         where = ", ".join(listener.address for listener in self.listeners)
         log.event(
             "start",
@@ -337,10 +337,10 @@ class Primary:
             generation = self.loader_pids.pop(pid, None)
             if generation is not None:
                 self._close_channel(self.loader_channels, generation)
-                self.events.append(events.LoaderExited(generation, describe_status(status)[0], now))
+                self.events.append(events.LoaderExited(generation, exits.Ended.of(status), now))
             elif pid in self.pids:
                 self._worker_exited(pid, status, now)
-            elif self.broadcast.exited(pid, describe_status(status)[0]):
+            elif self.broadcast.exited(pid, exits.Ended.of(status).description):
                 pass  # the broadcast backend's helper process (the backend replaces it)
             elif self.policy.preload:
                 # A worker forked by a loader can die before it or its loader named it. Bounded: the oldest go.
@@ -352,14 +352,12 @@ class Primary:
         self._on_channel(self.pids[pid])  # its last words (the final pong of a drain) before its channel closes
         wid = self.pids.pop(pid)
         self.counters.retire(wid)  # its last counts join the pool's totals
-        description, clean = describe_status(status)
         w = self.policy.workers.get(wid)
         if w is not None:
             self.board.set(balance.cell_of(w.slot, w.generation), None)
         self._close_channel(self.channels, wid)
         self.pending_signals.pop(wid, None)
-        signame = description.removeprefix("killed by ") if description.startswith("killed by ") else None
-        self.events.append(events.WorkerExited(wid, description, clean, now, signame))
+        self.events.append(events.WorkerExited(wid, exits.Ended.of(status), now))
 
     # -------------------------------------------------------------------------------------- the policy
 
@@ -513,7 +511,8 @@ class Primary:
             worker_end.close()
             if not sent:
                 primary_end.close()
-                self.events.append(events.WorkerExited(wid, f"loader of generation {generation} is gone", False, now))
+                gone = exits.lost(f"loader of generation {generation} is gone")
+                self.events.append(events.WorkerExited(wid, gone, now))
                 return
             self._add_channel(wid, primary_end)
             return  # the pid arrives with the loader's "forked"
@@ -523,7 +522,7 @@ class Primary:
         except OSError as exc:
             primary_end.close()
             worker_end.close()
-            self.events.append(events.WorkerExited(wid, f"fork failed: {exc.strerror}", False, now))
+            self.events.append(events.WorkerExited(wid, exits.lost(f"fork failed: {exc.strerror}"), now))
             return
         worker_end.close()
         self._add_channel(wid, primary_end)
@@ -563,7 +562,7 @@ class Primary:
         except OSError as exc:
             primary_end.close()
             loader_end.close()
-            self.events.append(events.LoaderExited(generation, f"fork failed: {exc.strerror}", now))
+            self.events.append(events.LoaderExited(generation, exits.lost(f"fork failed: {exc.strerror}"), now))
             return
         loader_end.close()
         self.loader_pids[pid] = generation
@@ -590,7 +589,7 @@ class Primary:
                     self._worker_forked(wid, pid, now)
                 else:
                     self._close_channel(self.channels, wid)
-                    self.events.append(events.WorkerExited(wid, "the loader could not fork it", False, now))
+                    self.events.append(events.WorkerExited(wid, exits.lost("the loader could not fork it"), now))
 
     def _close_channel(self, table: dict[int, socket.socket], key: int) -> None:
         """Forget and close a worker's (or a loader's) channel."""
@@ -614,7 +613,7 @@ class Primary:
             # Its only holder (the worker, or the loader about to fork it) is gone before anyone named it.
             self._close_channel(self.channels, wid)
             self.pending_signals.pop(wid, None)
-            self.events.append(events.WorkerExited(wid, "gone before its pid was known", False, now))
+            self.events.append(events.WorkerExited(wid, exits.lost("gone before its pid was known"), now))
 
     def _receive(self, sock: socket.socket, sender: str) -> tuple[list[dict[str, Any]], list[str], bool]:
         """The messages waiting on a channel (at most :data:`MESSAGES_PER_WAKEUP`, so that one flooding worker
@@ -900,17 +899,3 @@ def _send_fd(sock: socket.socket, payload: bytes, fd: int) -> bool:
 
 def _noop_handler(_signum: int, _frame: object) -> None:
     """Signals are read from the wakeup fd by the loop; the handler only has to exist."""
-
-
-def describe_status(status: int) -> tuple[str, bool]:
-    """('exit code 3' | 'killed by SIGKILL', clean?) for a waitpid status."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        return f"killed by {name}", False
-    code = os.WEXITSTATUS(status)
-    meaning = {workerapi.EXIT_BOOT_FAILED: " (app failed to boot)", workerapi.EXIT_PRIMARY_GONE: " (primary gone)"}
-    return f"exit code {code}{meaning.get(code, '')}", code == 0

@@ -12,7 +12,7 @@ from corepool import events as ev
 from corepool import policy as p
 from corepool.canary import MIN_LATENCY_SAMPLES, Rules, judge
 from corepool.traffic import BUCKETS, Traffic, bucket_index
-from tests.unit.test_policy import Harness, kinds
+from tests.unit.test_policy import EXITED_0, Harness, kinds
 
 RULES = Rules(seconds=10.0, max_error_rate=0.02, max_p99_ratio=2.0)
 
@@ -202,7 +202,7 @@ def test_a_good_canary_lets_the_roll_go_on() -> None:
     h.ready_all()
     h.drained()
     for wid in old:
-        h.exit(wid, clean=True, description="exit code 0")
+        h.exit(wid, EXITED_0)
     assert h.policy.last_reload is not None and h.policy.last_reload.ok
 
 
@@ -246,7 +246,7 @@ def test_a_worker_that_never_reports_leaves_the_judgement_to_the_deadline() -> N
     assert h.policy.next_deadline() == h.now + 5.0
     out = h.at(h.now + 5.0)
     assert not kinds(out, ev.ReloadFinished), "not before the canary stopped accepting"
-    (finished,) = kinds(h.exit(new, clean=True, description="exit code 0"), ev.ReloadFinished)
+    (finished,) = kinds(h.exit(new, EXITED_0), ev.ReloadFinished)
     assert not finished.ok  # a canary that exits without reporting its drain ends the wait too
 
 

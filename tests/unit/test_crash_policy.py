@@ -10,7 +10,7 @@ from corepool import crashpolicy, recycling
 from corepool import events as ev
 from corepool import policy as p
 from corepool.policy import Policy, Timing
-from tests.unit.test_policy import Harness, kinds
+from tests.unit.test_policy import BOOT_FAILED, EXITED_0, Harness, kinds
 
 
 def harness(workers: int = 2, limits: recycling.Limits | None = None, **timing: float) -> Harness:
@@ -156,7 +156,7 @@ def test_a_successor_that_cannot_boot_keeps_the_old_worker_and_waits() -> None:
     old = h.ready()[0]
     pong(h, old, requests=10)
     (new,) = h.booting()
-    out = h.exit(new, description="exit code 3")
+    out = h.exit(new, BOOT_FAILED)
     assert not kinds(out, ev.Spawn) and not kinds(out, ev.Signal)
     assert h.policy.workers[old].state is p.WorkerState.READY
     assert not kinds(pong(h, old, requests=11), ev.Spawn), "not again at once"
@@ -172,7 +172,7 @@ def test_nothing_is_spawned_once_a_stop_has_begun() -> None:
     out = h.feed(ev.StopRequested(h.now, graceful=True))
     assert not kinds(out, ev.Spawn)
     for wid in list(h.policy.workers):
-        assert not kinds(h.exit(wid, clean=True, description="exit code 0"), ev.Spawn)
+        assert not kinds(h.exit(wid, EXITED_0), ev.Spawn)
     assert h.policy.phase is p.PoolPhase.EXITED
 
 

@@ -15,7 +15,7 @@ from corepool import events as ev
 from corepool import listeners, metrics
 from corepool.metrics import Broadcasts, Counters, MetricsServer
 from corepool.traffic import BUCKETS, Traffic, bucket_index
-from tests.unit.test_policy import Harness
+from tests.unit.test_policy import EXITED_0, Harness
 
 
 def served(ok: int, errors: int = 0, seconds: float = 0.002, method: str = "GET") -> Traffic:
@@ -51,7 +51,7 @@ def test_totals_never_go_down_when_workers_are_replaced() -> None:
     assert before[("corepool_requests_total", (("method", "GET"), ("status_class", "5xx")))] == 1
     assert before[("corepool_request_duration_seconds_count", ())] == 16
     c.report(a, served(12))  # its last report before it exits
-    h.exit(a, clean=True, description="exit code 0")
+    h.exit(a, EXITED_0)
     (replacement,) = h.booting()
     h.ready_all()
     c.report(replacement, served(1))

@@ -7,9 +7,14 @@ import signal
 import pytest
 
 from corepool import events as ev
+from corepool import exits, status
 from corepool import policy as p
-from corepool import status
+from corepool.exits import Ended
 from corepool.policy import Policy, Timing
+
+KILLED = exits.killed("SIGKILL")
+EXITED_0 = exits.exited(0)  # drained and exited as told
+BOOT_FAILED = exits.exited(3)
 
 
 class Harness:
@@ -52,8 +57,8 @@ class Harness:
                 out += self.feed(ev.WorkerDraining(w.wid, self.now))
         return out
 
-    def exit(self, wid: int, clean: bool = False, description: str = "killed by SIGKILL") -> list[ev.Action]:
-        return self.feed(ev.WorkerExited(wid, description, clean, self.now))
+    def exit(self, wid: int, ended: Ended = KILLED) -> list[ev.Action]:
+        return self.feed(ev.WorkerExited(wid, ended, self.now))
 
     def booting(self) -> list[int]:
         return [w.wid for w in self.policy.workers.values() if w.state is p.WorkerState.BOOTING]
@@ -84,7 +89,7 @@ def test_boot_failure_before_the_pool_was_ever_ready_aborts_start() -> None:
     h.start()
     wid = h.booting()[0]
     h.feed(ev.WorkerBootError(wid, "app 'x:app': importing x raised ImportError", 0.1))
-    out = h.exit(wid, description="exit code 3")
+    out = h.exit(wid, BOOT_FAILED)
     assert kinds(out, ev.Signal)  # the other booting worker is killed
     other = h.booting()[0]
     out = h.exit(other)
@@ -105,10 +110,10 @@ def test_ready_workers_that_die_are_replaced_at_once_boot_failures_back_off() ->
     delays = []
     wid = h.ready()[0]
     h.exit(wid)
-    assert kinds(h.exit(h.booting()[0], description="exit code 3"), ev.Spawn), "a first boot failure: at once"
+    assert kinds(h.exit(h.booting()[0], BOOT_FAILED), ev.Spawn), "a first boot failure: at once"
     for _ in range(6):  # then code that cannot boot: the slot backs off
         new = h.booting()[0]
-        out = h.exit(new, description="exit code 3")
+        out = h.exit(new, BOOT_FAILED)
         assert not kinds(out, ev.Spawn)
         slot = h.policy.slots[0]
         assert slot.retry_at is not None
@@ -176,7 +181,7 @@ def test_rolling_reload_starts_one_new_worker_before_retiring_each_old_one() -> 
     assert kinds(out, ev.ReloadFinished) == [ev.ReloadFinished(2, True, "all workers run generation 2")]
     assert h.policy.generation == 2
     for wid in old:
-        h.exit(wid, clean=True, description="exit code 0")
+        h.exit(wid, EXITED_0)
     assert {w.generation for w in h.policy.workers.values()} == {2}
 
 
@@ -188,7 +193,7 @@ def test_a_retired_worker_that_exits_without_reporting_also_ends_the_roll() -> N
     h.feed(ev.ReloadRequested(1.0))
     h.ready_all()
     assert h.policy.reloading
-    assert kinds(h.exit(old, clean=True, description="exit code 0"), ev.ReloadFinished)
+    assert kinds(h.exit(old, EXITED_0), ev.ReloadFinished)
 
 
 def test_reload_that_fails_to_boot_rolls_back_and_keeps_old_workers() -> None:
@@ -199,7 +204,7 @@ def test_reload_that_fails_to_boot_rolls_back_and_keeps_old_workers() -> None:
     h.feed(ev.ReloadRequested(1.0))
     new = h.booting()[0]
     h.feed(ev.WorkerBootError(new, "boom", 1.5))
-    out = h.exit(new, description="exit code 3")
+    out = h.exit(new, BOOT_FAILED)
     (finished,) = kinds(out, ev.ReloadFinished)
     assert not finished.ok and "boom" in finished.reason
     assert not kinds(out, ev.Spawn) and not kinds(out, ev.Signal)
@@ -218,7 +223,7 @@ def test_status_line_shortens_a_long_rollback_reason() -> None:
     h.feed(ev.ReloadRequested(1.0))
     new = h.booting()[0]
     h.feed(ev.WorkerBootError(new, "ImportError: " + "x" * 5000, 1.5))
-    h.exit(new, description="exit code 3")
+    h.exit(new, BOOT_FAILED)
     line = status.line(h.policy, 0)
     why = line.partition("; last reload rolled back: ")[2].partition("…")[0] + "…"
     assert "failed to boot: ImportError: xxx" in why and len(why) == status.STATUS_REASON_MAX, line
@@ -257,8 +262,8 @@ def test_graceful_stop_drains_then_exits_zero() -> None:
     out = h.feed(ev.StopRequested(5.0))
     assert {a.signum for a in kinds(out, ev.Signal)} == {signal.SIGTERM}
     wids = list(h.policy.workers)
-    h.exit(wids[0], clean=True, description="exit code 0")
-    (exit_,) = kinds(h.exit(wids[1], clean=True, description="exit code 0"), ev.Exit)
+    h.exit(wids[0], EXITED_0)
+    (exit_,) = kinds(h.exit(wids[1], EXITED_0), ev.Exit)
     assert exit_.code == 0
 
 
@@ -268,7 +273,7 @@ def test_stop_kills_stragglers_after_graceful_timeout_and_exits_non_zero() -> No
     h.ready_all()
     h.feed(ev.StopRequested(5.0))
     wids = list(h.policy.workers)
-    h.exit(wids[0], clean=True, description="exit code 0")
+    h.exit(wids[0], EXITED_0)
     (kill,) = kinds(h.at(35.0), ev.Signal)
     assert kill.signum == signal.SIGKILL and kill.wid == wids[1]
     (exit_,) = kinds(h.exit(wids[1]), ev.Exit)
@@ -293,7 +298,7 @@ def test_scale_up_and_down() -> None:
     h.ready_all()
     (term,) = kinds(h.feed(ev.ScaleRequested(-1, 2.0)), ev.Signal)
     assert h.policy.workers[term.wid].slot == 1 and h.policy.workers_wanted == 1
-    assert not kinds(h.exit(term.wid, clean=True), ev.Spawn)
+    assert not kinds(h.exit(term.wid), ev.Spawn)
     assert not kinds(h.feed(ev.ScaleRequested(-1, 3.0)), ev.Signal), "never below one worker"
 
 

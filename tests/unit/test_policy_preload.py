@@ -5,8 +5,9 @@ from __future__ import annotations
 import signal
 
 from corepool import events as ev
+from corepool import exits
 from corepool import policy as p
-from tests.unit.test_policy import Harness, kinds
+from tests.unit.test_policy import BOOT_FAILED, EXITED_0, Harness, kinds
 
 
 def preload_harness(workers: int = 2) -> Harness:
@@ -27,7 +28,7 @@ def test_loader_that_cannot_import_at_start_aborts_the_start() -> None:
     h = preload_harness()
     h.start()
     h.feed(ev.LoaderBootError(1, "app 'x:app': importing x raised ImportError", 0.1))
-    (exit_,) = kinds(h.feed(ev.LoaderExited(1, "exit code 3", 0.2)), ev.Exit)
+    (exit_,) = kinds(h.feed(ev.LoaderExited(1, exits.exited(3), 0.2)), ev.Exit)
     assert exit_.code == 1 and "ImportError" in exit_.reason
 
 
@@ -44,7 +45,7 @@ def test_reload_whose_import_fails_touches_no_worker() -> None:
     out = h.feed(ev.ReloadRequested(1.0))
     assert kinds(out, ev.SpawnLoader) == [ev.SpawnLoader(2)] and not kinds(out, ev.Spawn)
     h.feed(ev.LoaderBootError(2, "SyntaxError: invalid syntax", 1.5))
-    out = h.feed(ev.LoaderExited(2, "exit code 3", 1.6))
+    out = h.feed(ev.LoaderExited(2, exits.exited(3), 1.6))
     (finished,) = kinds(out, ev.ReloadFinished)
     assert not finished.ok and "SyntaxError" in finished.reason
     assert not kinds(out, ev.Spawn) and not kinds(out, ev.Signal)
@@ -92,7 +93,7 @@ def test_failure_after_fork_restores_every_slot_to_the_last_good_generation() ->
     h.ready_all()  # slot 0 now runs generation 2; slot 1's new worker boots
     assert h.policy.slots[0].generation == 2
     new = h.booting()[0]
-    out = h.exit(new, description="exit code 3")
+    out = h.exit(new, BOOT_FAILED)
     (finished,) = kinds(out, ev.ReloadFinished)
     assert not finished.ok
     (restore,) = kinds(out, ev.Spawn)
@@ -109,8 +110,8 @@ def test_stop_stops_loaders_too_and_exits_when_all_are_gone() -> None:
     out = h.feed(ev.StopRequested(5.0))
     assert ev.SignalLoader(1, signal.SIGTERM, "generation retired") in out
     (wid,) = h.policy.workers
-    h.exit(wid, clean=True)
-    (exit_,) = kinds(h.feed(ev.LoaderExited(1, "killed by SIGTERM", 5.1)), ev.Exit)
+    h.exit(wid, EXITED_0)
+    (exit_,) = kinds(h.feed(ev.LoaderExited(1, exits.killed("SIGTERM"), 5.1)), ev.Exit)
     assert exit_.code == 0
 
 

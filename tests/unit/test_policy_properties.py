@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from corepool import events as ev
+from corepool import exits, recycling
 from corepool import policy as p
-from corepool import recycling
 from corepool.policy import Policy, Timing, WorkerState
 
 
@@ -91,7 +91,7 @@ class PoolMachine(RuleBasedStateMachine):
     def worker_dies(self, data: st.DataObject, during_boot: bool) -> None:
         wid = self.pick(data, WorkerState.BOOTING if during_boot else WorkerState.READY)
         if wid is not None:
-            self.step(ev.WorkerExited(wid, "killed by SIGKILL", False, self.now))
+            self.step(ev.WorkerExited(wid, exits.killed("SIGKILL"), self.now))
 
     @rule(data=st.data())
     def retired_worker_stops_accepting(self, data: st.DataObject) -> None:
@@ -103,13 +103,13 @@ class PoolMachine(RuleBasedStateMachine):
     def retired_worker_exits(self, data: st.DataObject) -> None:
         wid = self.pick(data, WorkerState.DRAINING)
         if wid is not None:
-            self.step(ev.WorkerExited(wid, "exit code 0", True, self.now))
+            self.step(ev.WorkerExited(wid, exits.exited(0), self.now))
 
     @rule()
     def killed_workers_die(self) -> None:
         for w in list(self.policy.workers.values()):
             if w.kill_reason is not None and w.wid in self.policy.workers:
-                self.step(ev.WorkerExited(w.wid, "killed by SIGKILL", False, self.now))
+                self.step(ev.WorkerExited(w.wid, exits.killed("SIGKILL"), self.now))
 
     @rule()
     def everyone_answers_pings(self) -> None:
@@ -138,14 +138,14 @@ class PoolMachine(RuleBasedStateMachine):
                 self.step(ev.LoaderReady(generation, self.now))
             else:
                 self.step(ev.LoaderBootError(generation, "ImportError", self.now))
-                self.step(ev.LoaderExited(generation, "exit code 3", self.now))
+                self.step(ev.LoaderExited(generation, exits.exited(3), self.now))
 
     @rule(data=st.data())
     def loader_exits(self, data: st.DataObject) -> None:
         generations = sorted(self.policy.loaders)
         if generations:
             generation = data.draw(st.sampled_from(generations))
-            self.step(ev.LoaderExited(generation, "killed by SIGKILL", self.now))
+            self.step(ev.LoaderExited(generation, exits.killed("SIGKILL"), self.now))
 
     @rule(dt=st.floats(min_value=0.01, max_value=6))
     def time_passes(self, dt: float) -> None:

@@ -4,8 +4,9 @@ still says how it ended; counts are singular when they are one."""
 from __future__ import annotations
 
 from corepool import events as ev
+from corepool import exits
 from corepool import policy as p
-from tests.unit.test_policy import Harness, kinds
+from tests.unit.test_policy import EXITED_0, KILLED, Harness, kinds
 from tests.unit.test_policy_preload import preload_harness, running
 
 
@@ -28,8 +29,8 @@ def test_a_retired_loader_and_its_drained_workers_stopped_as_told() -> None:
     h = preload_harness()
     running(h)
     old = reloaded(h)
-    out = h.feed(ev.LoaderExited(1, "killed by SIGTERM", 3.0))
-    out += h.exit(old[0], clean=True, description="exit code 0")
+    out = h.feed(ev.LoaderExited(1, exits.killed("SIGTERM"), 3.0))
+    out += h.exit(old[0], EXITED_0)
     assert messages(out, "loader") == ["loader None of generation 1 stopped (retired)"]  # no pid in the harness
     (line,) = messages(out, "exit")
     assert line.endswith("generation 1) stopped (reload)") and "exited" not in line
@@ -39,8 +40,8 @@ def test_an_unexpected_end_is_still_an_exit_with_its_cause() -> None:
     h = preload_harness()
     running(h)
     old = reloaded(h)
-    out = h.feed(ev.LoaderExited(1, "killed by SIGSEGV", 3.0))
-    out += h.exit(old[0], description="killed by SIGKILL")
+    out = h.feed(ev.LoaderExited(1, exits.killed("SIGSEGV"), 3.0))
+    out += h.exit(old[0], KILLED)
     assert messages(out, "loader") == ["loader None of generation 1 exited: killed by SIGSEGV"]
     (line,) = messages(out, "exit")
     assert line.endswith("exited: killed by SIGKILL")
@@ -51,7 +52,7 @@ def test_a_stop_says_pool_stopping() -> None:
     running(h)
     (wid,) = h.ready()
     h.feed(ev.StopRequested(5.0))
-    out = h.feed(ev.LoaderExited(1, "killed by SIGTERM", 5.1)) + h.exit(wid, clean=True, description="exit code 0")
+    out = h.feed(ev.LoaderExited(1, exits.killed("SIGTERM"), 5.1)) + h.exit(wid, EXITED_0)
     assert messages(out, "loader") == ["loader None of generation 1 stopped (pool stopping)"]
     assert messages(out, "exit")[0].endswith("stopped (stop)")
 
