@@ -30,6 +30,15 @@ class Cause(enum.Enum):
     SCALE = "scale"  # its slot was removed
     STOP = "stop"  # the pool stopped
 
+    @property
+    def unplanned(self) -> bool:
+        """An end worth an operator's attention (STATUS=, status --watch); the others are the pool's routine."""
+        return self in UNPLANNED
+
+
+# In this order wherever they are listed (STATUS=, status --watch's DEATHS column).
+UNPLANNED = (Cause.BOOT, Cause.CRASH, Cause.HEALTH, Cause.REQUEST_TIMEOUT)
+
 
 def backoff(failures: int, base: float, cap: float) -> float:
     """Seconds before retrying a slot after ``failures`` boot failures in a row: 0 for the first, then

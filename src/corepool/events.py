@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corepool.canary import Verdict
+from corepool.crashpolicy import Cause
 from corepool.exits import Ended
 from corepool.traffic import Traffic
 
@@ -245,13 +247,37 @@ class Ping:
 
 @dataclass(frozen=True)
 class Report:
-    """Something worth a log line: ``event`` is a short keyword (spawn, ready, exit, kill, backoff, ...)."""
+    """Something worth a log line: ``event`` is a short keyword (spawn, ready, kill, backoff, ...); ``cause``: why
+    a worker is being replaced (journal ``CAUSE=``)."""
 
     event: str
     message: str
     wid: int | None = None
     warning: bool = False
-    fields: tuple[tuple[str, str | int], ...] = ()  # more journal fields (CAUSE, SIGNAL, ...)
+    cause: Cause | None = None
+
+
+@dataclass(frozen=True)
+class WorkerEnded:
+    """A worker is gone (the policy forgot it): logged as ``exit`` when it ended as expected (it was draining),
+    ``death`` otherwise, with its ids, ``cause`` and the ``signal`` that ended it; counted by cause."""
+
+    pid: int | None
+    slot: int
+    generation: int
+    cause: Cause
+    expected: bool
+    signal: str | None
+    message: str
+
+
+@dataclass(frozen=True)
+class CanaryJudged:
+    """A reload's canary ``wid`` was judged against the old generation: logged and counted by verdict."""
+
+    wid: int
+    verdict: Verdict
+    message: str
 
 
 @dataclass(frozen=True)
@@ -296,6 +322,6 @@ class Exit:
 
 
 Action = (
-    Spawn | SpawnLoader | Signal | SignalLoader | Ping | SetRequestLimit | CapShare | Report | PoolReady | ReloadStarted
-    | ReloadFinished | Exit
+    Spawn | SpawnLoader | Signal | SignalLoader | Ping | SetRequestLimit | CapShare | Report | WorkerEnded
+    | CanaryJudged | PoolReady | ReloadStarted | ReloadFinished | Exit
 )

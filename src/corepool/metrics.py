@@ -53,7 +53,7 @@ class Counters:
     live: dict[int, Traffic] = field(default_factory=dict)  # wid -> its latest report
     connections: dict[int, int] = field(default_factory=dict)  # wid -> open connections at its latest report
     retired: Traffic = field(default_factory=Traffic)
-    deaths: dict[str, int] = field(default_factory=lambda: {c.value: 0 for c in Cause})
+    deaths: dict[Cause, int] = field(default_factory=lambda: dict.fromkeys(Cause, 0))
     reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
     canary: dict[str, int] = field(default_factory=lambda: {"pass": 0, "rollback": 0})
 
@@ -79,12 +79,13 @@ class Counters:
     def total(self) -> Traffic:
         return traffic.combine([self.retired, *self.live.values()])
 
-    def note(self, event: str, fields: Mapping[str, object]) -> None:
-        """Count what a policy report says: a worker's end (with its CAUSE), a canary verdict."""
-        if event in ("exit", "death") and isinstance(cause := fields.get("CAUSE"), str):
-            self.deaths[cause] = self.deaths.get(cause, 0) + 1
-        elif event == "canary" and isinstance(verdict := fields.get("VERDICT"), str):
-            self.canary[verdict] = self.canary.get(verdict, 0) + 1
+    def ended(self, cause: Cause) -> None:
+        """A worker's end (the policy's :class:`~corepool.events.WorkerEnded`)."""
+        self.deaths[cause] += 1
+
+    def judged(self, ok: bool) -> None:
+        """A canary's verdict (the policy's :class:`~corepool.events.CanaryJudged`)."""
+        self.canary["pass" if ok else "rollback"] += 1
 
     def reload_finished(self, ok: bool) -> None:
         self.reloads["ok" if ok else "failed"] += 1
@@ -134,8 +135,8 @@ class _PoolCollector:
                      sum(w.busy_threads for w in live))
         yield _gauge("corepool_wsgi_threads", "WSGI app threads", sum(w.threads for w in live))
         deaths = CounterMetricFamily("corepool_worker_deaths", "Worker ends by cause", labels=["cause"])
-        for cause, n in sorted(c.deaths.items()):
-            deaths.add_metric([cause], n)
+        for cause, n in sorted(c.deaths.items(), key=lambda item: item[0].value):
+            deaths.add_metric([cause.value], n)
         yield deaths
         reloads = CounterMetricFamily("corepool_reloads", "Reloads by result (failed: rolled back)", labels=["result"])
         for result, n in sorted(c.reloads.items()):

@@ -29,6 +29,7 @@ from corepool import canary, recycling
 from corepool.crashpolicy import Cause, SpawnBudget, backoff
 from corepool.events import (
     Action,
+    CanaryJudged,
     CapShare,
     Event,
     Exit,
@@ -57,6 +58,7 @@ from corepool.events import (
     Tick,
     WorkerBootError,
     WorkerDraining,
+    WorkerEnded,
     WorkerExited,
     WorkerForked,
     WorkerMisbehaved,
@@ -132,7 +134,7 @@ class Slot:
     retry_at: float | None = None
     last_error: str | None = None
     waiting: bool = False  # for its generation's loader to be ready (preload mode)
-    deaths: dict[str, int] = field(default_factory=dict)  # Cause.value -> count
+    deaths: dict[Cause, int] = field(default_factory=dict)  # worker ends by cause
 
 
 @dataclass
@@ -543,7 +545,7 @@ class Policy:
         w.cause, w.replace_reason = cause, reason
         event = "request_timeout" if cause is Cause.REQUEST_TIMEOUT else "recycle"
         out.append(Report(event, f"replacing worker {self._name(w)}: {reason}", w.wid,
-                          warning=cause is Cause.REQUEST_TIMEOUT, fields=(("CAUSE", cause.value),)))
+                          warning=cause is Cause.REQUEST_TIMEOUT, cause=cause))
         new = self._spawn(w.slot, generation, now, out)
         assert new is not None  # a running pool with a ready loader (or in lazy mode) always forks
         w.successor = new
@@ -559,28 +561,13 @@ class Policy:
         cause = w.cause or (Cause.BOOT if w.state is WorkerState.BOOTING else Cause.CRASH)
         why = w.kill_reason or w.replace_reason or w.boot_error or description
         if slot is not None:
-            slot.deaths[cause.value] = slot.deaths.get(cause.value, 0) + 1
-        # the worker is gone from self.workers: its report carries its own fields
-        fields: tuple[tuple[str, str | int], ...] = (("CAUSE", cause.value), ("GENERATION", w.generation),
-                                                     ("SLOT", w.slot))
-        if w.pid is not None:
-            fields += (("WORKER_PID", w.pid),)
-        if ended.signal is not None:
-            fields += (("SIGNAL", ended.signal),)
+            slot.deaths[cause] = slot.deaths.get(cause, 0) + 1
         if expected and ended.as_told:  # drained and ended as told: say why it was asked to
             message = f"worker {self._name(w)} stopped ({cause.value})"
         else:
             message = (f"worker {self._name(w)} {'exited' if expected else 'died'}: {description}"
                        + (f" ({why})" if why != description else ""))
-        out.append(
-            Report(
-                "exit" if expected else "death",
-                message,
-                wid,
-                warning=not expected,
-                fields=fields,
-            )
-        )
+        out.append(WorkerEnded(w.pid, w.slot, w.generation, cause, expected, ended.signal, message))
         if w.successor is not None and (successor := self.workers.get(w.successor)) is not None:
             successor.predecessor = None  # it simply becomes the slot's worker
         if w.predecessor is not None and (predecessor := self.workers.get(w.predecessor)) is not None:
@@ -815,17 +802,11 @@ class Policy:
                 old = old + w.traffic.since(base)
         counted = new.traffic or Traffic()  # an engine without HTTP counts: nothing to judge
         verdict = canary.judge(old, counted, self.canary_rules)
-        fields: tuple[tuple[str, str | int], ...] = (
-            ("VERDICT", "pass" if verdict.ok else "rollback"),
-            ("CANARY_REQUESTS", verdict.canary.requests), ("CANARY_ERRORS", verdict.canary.errors),
-            ("OLD_REQUESTS", verdict.old.requests), ("OLD_ERRORS", verdict.old.errors),
-        )
         if not verdict.ok:
-            out.append(Report("canary", f"generation {new.generation} rolled back: {verdict.reason}", new.wid,
-                              warning=True, fields=fields))
+            out.append(CanaryJudged(new.wid, verdict, f"generation {new.generation} rolled back: {verdict.reason}"))
             self._canary_rollback(new, f"canary: {verdict.reason}", now, out)
             return
-        out.append(Report("canary", f"generation {new.generation} passed: {verdict.reason}", new.wid, fields=fields))
+        out.append(CanaryJudged(new.wid, verdict, f"generation {new.generation} passed: {verdict.reason}"))
         out.append(CapShare(new.wid, False))
         roll = self.roll
         assert roll is not None

@@ -400,8 +400,17 @@ class Primary:
                 sock = self.channels.get(wid)
                 if sock is not None:
                     channel.send(sock, channel.encode("share", capped=capped))
-            case events.Report(event, message, wid, warning, fields):
-                self._report(event, message, wid, warning, dict(fields))
+            case events.Report(event, message, wid, warning, cause):
+                self._report(event, message, wid, warning, cause=None if cause is None else cause.value)
+            case events.WorkerEnded(pid, slot, generation, cause, expected, signame, message):
+                log.event("exit" if expected else "death", message, warning=not expected, cause=cause.value,
+                          generation=generation, slot=slot, worker_pid=pid, signal=signame)
+                self.counters.ended(cause)
+            case events.CanaryJudged(wid, verdict, message):
+                self._report("canary", message, wid, not verdict.ok, verdict="pass" if verdict.ok else "rollback",
+                             canary_requests=verdict.canary.requests, canary_errors=verdict.canary.errors,
+                             old_requests=verdict.old.requests, old_errors=verdict.old.errors)
+                self.counters.judged(verdict.ok)
             case events.PoolReady():
                 ready = f"ready: {policy.counted(self.policy.ready_count(), 'worker')} serving"
                 log.event("ready", f"pool {ready} (pid {os.getpid()})", generation=self.policy.generation)
@@ -427,12 +436,11 @@ class Primary:
         if self.policy.reloading:
             self.notifier.extend_timeout(self.settings.boot_timeout + self.settings.graceful_timeout + 10)
 
-    def _report(self, event: str, message: str, wid: int | None, warning: bool, fields: dict[str, Any]) -> None:
+    def _report(self, event: str, message: str, wid: int | None, warning: bool, **fields: Any) -> None:
         w = self.policy.workers.get(wid) if wid is not None else None
         if w is not None:
             fields = {"worker_pid": w.pid, "generation": w.generation, "slot": w.slot, **fields}
         log.event(event, message, warning=warning, **fields)
-        self.counters.note(event, fields)
 
     def _pid(self, wid: int) -> int | None:
         w = self.policy.workers.get(wid)

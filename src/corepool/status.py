@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from corepool.crashpolicy import Cause
 from corepool.policy import Policy, counted
 from corepool.traffic import BUCKETS
 
@@ -61,7 +62,7 @@ def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
                 "failures": s.failures,
                 "retry_in": None if s.retry_at is None else round(max(0.0, s.retry_at - now), 3),
                 "last_error": s.last_error,
-                "deaths": dict(sorted(s.deaths.items())),
+                "deaths": {cause.value: n for cause, n in sorted(s.deaths.items(), key=lambda item: item[0].value)},
             }
             for s in sorted(p.slots.values(), key=lambda s: s.index)
         ],
@@ -81,10 +82,9 @@ def line(p: Policy, requests: int, broadcast: str | None = None) -> str:
     backing_off = [s.index for s in p.slots.values() if s.retry_at is not None]
     if backing_off:
         text += f"; backing off slots {backing_off}"
-    deaths = death_counts(p)
-    unplanned = {cause: n for cause, n in deaths.items() if cause not in ("reload", "stop", "scale", "recycle")}
+    unplanned = sorted((cause.value, n) for cause, n in death_counts(p).items() if cause.unplanned)
     if unplanned:
-        text += "; deaths: " + ", ".join(f"{n} {cause}" for cause, n in sorted(unplanned.items()))
+        text += "; deaths: " + ", ".join(f"{n} {cause}" for cause, n in unplanned)
     if broadcast:
         text += f"; {broadcast}"
     return text
@@ -103,9 +103,9 @@ def _rolled_back(reason: str) -> str:
     return f"rolled back: {why}" if why else "rolled back"
 
 
-def death_counts(p: Policy) -> dict[str, int]:
+def death_counts(p: Policy) -> dict[Cause, int]:
     """Worker ends by cause, over every slot."""
-    total: dict[str, int] = {}
+    total: dict[Cause, int] = {}
     for slot in p.slots.values():
         for cause, n in slot.deaths.items():
             total[cause] = total.get(cause, 0) + n

@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from corepool.crashpolicy import UNPLANNED
 from corepool.status import _mib, _seconds
 from corepool.traffic import BUCKETS, Traffic
 
 WINDOW = 5.0  # seconds of history behind requests/s and p99
-UNPLANNED = ("boot", "crash", "health", "request_timeout")  # the deaths worth a column; the rest are routine
 COLUMNS = ("SLOT", "PID", "GEN", "STATE", "UPTIME", "REQ/S", "P99", "BUSY", "RSS", "LAST PONG", "DEATHS")
 
 
@@ -74,7 +74,7 @@ def rows(status: dict[str, Any], rates: Rates) -> list[tuple[str, ...]]:
     for w in status.get("workers", []):
         rate, p99 = rates.of(w.get("pid"))
         slot_deaths = deaths.get(w["slot"], {})
-        died = ", ".join(f"{slot_deaths[c]} {c}" for c in UNPLANNED if slot_deaths.get(c))
+        died = ", ".join(f"{slot_deaths[c.value]} {c.value}" for c in UNPLANNED if slot_deaths.get(c.value))
         busy = f"{w.get('busy_threads', 0)}/{w['threads']}" if w.get("threads") else str(w.get("inflight", 0))
         out.append((
             str(w["slot"]), str(w.get("pid") or "-"), str(w["generation"]), w["state"], _seconds(w["uptime"]),

@@ -9,6 +9,7 @@ import pytest
 from corepool import crashpolicy, recycling
 from corepool import events as ev
 from corepool import policy as p
+from corepool.crashpolicy import Cause
 from corepool.policy import Policy, Timing
 from tests.unit.test_policy import BOOT_FAILED, EXITED_0, Harness, kinds
 
@@ -36,7 +37,7 @@ def test_a_kill_storm_never_leaves_the_pool_waiting() -> None:
         assert kinds(out, ev.Spawn), f"death {i} was not replaced at once"
         assert all(s.retry_at is None for s in h.policy.slots.values())
         h.ready_all()
-    assert sum(s.deaths.get("crash", 0) for s in h.policy.slots.values()) == 50
+    assert sum(s.deaths.get(Cause.CRASH, 0) for s in h.policy.slots.values()) == 50
     assert len(h.ready()) == 2
 
 
@@ -100,7 +101,7 @@ def test_an_overdue_request_replaces_its_worker_surge_first() -> None:
     h.at(15.2 + 30.0)  # graceful_timeout: still running, so SIGKILL
     assert h.policy.workers[old].kill_reason is not None
     h.exit(old)
-    assert h.policy.slots[0].deaths == {"request_timeout": 1}
+    assert h.policy.slots[0].deaths == {Cause.REQUEST_TIMEOUT: 1}
     assert len(h.ready()) == 1
 
 

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from corepool import events as ev
 from corepool import listeners, metrics
+from corepool.crashpolicy import Cause
 from corepool.metrics import Broadcasts, Counters, MetricsServer
 from corepool.traffic import BUCKETS, Traffic, bucket_index
 from tests.unit.test_policy import EXITED_0, Harness
@@ -63,10 +64,9 @@ def test_totals_never_go_down_when_workers_are_replaced() -> None:
 
 def test_deaths_reloads_and_canary_verdicts_are_counted_from_reports() -> None:
     c = Counters()
-    c.note("death", {"CAUSE": "crash", "SIGNAL": "SIGKILL"})
-    c.note("exit", {"CAUSE": "reload"})
-    c.note("kill", {"CAUSE": "health"})  # a kill is not an end yet: its exit is counted
-    c.note("canary", {"VERDICT": "rollback"})
+    c.ended(Cause.CRASH)
+    c.ended(Cause.RELOAD)
+    c.judged(False)
     c.reload_finished(False)
     h = pool()
     got = samples(metrics.render(h.policy, c, Broadcasts(relayed=7, dropped=2), lambda _pid: 4096))
@@ -102,7 +102,7 @@ def test_promtool_finds_nothing_to_say_about_the_exposition() -> None:
     c = Counters()
     for i, wid in enumerate(h.ready()):
         c.report(wid, served(10 + i, errors=i, method="POST"))
-    c.note("death", {"CAUSE": "crash"})
+    c.ended(Cause.CRASH)
     text = metrics.render(h.policy, c, Broadcasts(), lambda _pid: 1 << 20)
     check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, timeout=30)
     assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check

@@ -9,6 +9,7 @@ import pytest
 from corepool import events as ev
 from corepool import exits, status
 from corepool import policy as p
+from corepool.crashpolicy import Cause
 from corepool.exits import Ended
 from corepool.policy import Policy, Timing
 
@@ -106,7 +107,7 @@ def test_ready_workers_that_die_are_replaced_at_once_boot_failures_back_off() ->
         wid = h.ready()[0]
         assert kinds(h.exit(wid), ev.Spawn), "a worker that was ready is replaced at once"
         h.ready_all()
-    assert h.policy.slots[0].deaths == {"crash": 5}
+    assert h.policy.slots[0].deaths == {Cause.CRASH: 5}
     delays = []
     wid = h.ready()[0]
     h.exit(wid)
@@ -120,7 +121,7 @@ def test_ready_workers_that_die_are_replaced_at_once_boot_failures_back_off() ->
         delays.append(slot.retry_at - h.now)
         assert kinds(h.at(slot.retry_at), ev.Spawn)
     assert delays == pytest.approx([0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
-    assert h.policy.slots[0].deaths["boot"] == 7
+    assert h.policy.slots[0].deaths[Cause.BOOT] == 7
     h.ready_all()
     wid = h.ready()[0]
     assert kinds(h.exit(wid), ev.Spawn), "a worker that was ready resets the backoff"

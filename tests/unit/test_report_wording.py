@@ -11,7 +11,10 @@ from tests.unit.test_policy_preload import preload_harness, running
 
 
 def messages(out: list[ev.Action], event: str) -> list[str]:
-    return [r.message for r in kinds(out, ev.Report) if isinstance(r, ev.Report) and r.event == event]
+    """What the log says for ``event``; a worker's end is "exit" (as expected) or "death"."""
+    ends = [a for a in out if isinstance(a, ev.WorkerEnded) and ("exit" if a.expected else "death") == event]
+    return [r.message for r in kinds(out, ev.Report) if isinstance(r, ev.Report) and r.event == event] + [
+        a.message for a in ends]
 
 
 def reloaded(h: Harness) -> list[int]:
