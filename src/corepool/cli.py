@@ -143,7 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
     from corepool.systemd import Notifier
 
     s = _load_settings(args)
-    engine, why = engines.wsgi_engine(settings.HttpOptions.of(s))  # before anything is bound: a start error
+    engine, why = engines.wsgi_engine(s.http)  # before anything is bound: a start error
     log.setup(s.log_level)
     failure = _tls_failure(s)
     if failure is not None:
@@ -203,7 +203,7 @@ def _tls_failure(s: settings.Settings) -> str | None:
     from corepool.engines import tls
 
     try:
-        tls.context(settings.HttpOptions.of(s))
+        tls.context(s.http)
     except tls.TLSError as exc:
         return str(exc)
     return None
@@ -221,7 +221,7 @@ def _check(args: argparse.Namespace) -> int:
             print(exc.detail.rstrip(), file=sys.stderr)
         return _fail(EXIT_FAILURE, str(exc))
     interface = apps.detect_interface(app, s.interface)
-    engine, _ = engines.wsgi_engine(settings.HttpOptions.of(s))
+    engine, _ = engines.wsgi_engine(s.http)
     from corepool.policy import counted
     served = f"wsgi on {_ENGINE_NAMES[engine]}" if interface == "wsgi" else interface
     print(

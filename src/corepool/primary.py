@@ -462,7 +462,7 @@ class Primary:
             log_level=s.log_level,
             routes=s.routes,
             board=self.board,
-            http=settings.HttpOptions.of(s),
+            http=s.http,
             post_fork=s.post_fork,
             worker_exit=s.worker_exit,
         )

@@ -1,7 +1,11 @@
 """One validated settings object, from a TOML file and command-line flags (flags win).
 
-Every setting is declared once in :data:`FIELDS`; the CLI's flags, the validation, ``corepool check`` and the
-README's table all come from that declaration.
+Every setting is declared once, as an attribute of :class:`Settings` (or, an HTTP engine's, of
+:class:`HttpOptions`) with its default, help and checks (:func:`setting`); :data:`FIELDS` is read off those
+declarations, and the CLI's flags, the validation, ``corepool check`` and the man page come from it. A new setting
+is one attribute::
+
+    max_widgets: int = setting(8, "most widgets per worker", minimum=1)
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import math
 import os
 import re
 import tomllib
+import types
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +41,8 @@ def _default_workers() -> int:
 
 @dataclass(frozen=True)
 class Field:
-    """How one setting is given and checked; its default lives in :class:`Settings`."""
+    """How one setting is given and checked (read off its declaration in :class:`Settings` or
+    :class:`HttpOptions`): its name, type, help, allowed values and flag."""
 
     name: str
     kind: type
@@ -44,186 +51,183 @@ class Field:
     minimum: float | None = None
     repeat: bool = False  # a list of strings; the flag may be given several times
     flag_name: str | None = None
+    restart: bool = False  # a SIGHUP that changes it is told it takes effect on restart
+    engine: bool = False  # an HTTP engine's setting: part of HttpOptions, what a worker is given
 
     @property
     def flag(self) -> str:
         return "--" + (self.flag_name or self.name.replace("_", "-"))
 
 
-FIELDS: tuple[Field, ...] = (
-    Field("app", str, "the app to serve, as module:attribute (for example myapp:app)"),
-    Field("interface", str, "how to call the app: auto, asgi, wsgi or raw", choices=INTERFACES),
-    Field("bind", str, "[NAME=]HOST:PORT, [NAME=][IPv6]:PORT or [NAME=]unix:PATH to listen on",
-          repeat=True),
-    Field("routes", dict, "NAME=module:attribute: serve another app on the sockets named NAME", repeat=True,
-          flag_name="route"),
-    Field("workers", int, "number of workers (default: one per CPU core)", minimum=1),
-    Field("mode", str, "preload: import the app once per generation and fork workers from it; "
-          "lazy: every worker imports the app itself", choices=("preload", "lazy")),
-    Field("app_dir", str, "directory added to sys.path before importing the app"),
-    Field("name", str, "the pool's name, used for the default control socket path"),
-    Field("control", str, "path of the control socket (default: printed at start)"),
-    Field("health_interval", float, "seconds between health pings of each worker", minimum=0.05),
-    Field("health_timeout", float, "seconds a worker has to answer a ping before SIGKILL", minimum=0.05),
-    Field("boot_timeout", float, "seconds a new worker has to load the app and accept", minimum=0.1),
-    Field("graceful_timeout", float, "seconds to finish in-flight requests on stop/retire", minimum=0.1),
-    Field("backoff_max", float, "longest wait before retrying a slot whose workers keep failing",
-          minimum=0.1),
-    Field("keepalive_timeout", float, "seconds an idle keep-alive connection stays open", minimum=0.0),
-    Field("max_message_bytes", int, "largest broadcast, encoded (topic + payload + ~30 bytes), in bytes",
-          minimum=16),
-    Field("backlog", int, "listen backlog of the sockets corepool binds", minimum=1),
-    Field("access_log", bool, "log every request (costs throughput)"),
-    Field("access_log_format", str, "access log line, in gunicorn's atoms: %%(h)s %%(r)s %%(s)s %%(b)s %%(M)s ..."),
-    Field("log_level", str, "debug, info, warning or error", choices=LOG_LEVELS),
-    # Crash policy, liveness and recycling.
-    Field("threads", int, "WSGI app threads per worker", minimum=1),
-    Field("wsgi_engine", str, "what serves WSGI apps: auto (granian when corepool[granian] is installed and there "
-          "is no TLS, else the bridge), bridge (corepool's HTTP and thread pool) or "
-          "granian (granian's Rust worker; HTTP/1.1, no TLS)",
-          choices=WSGI_ENGINES),
-    Field("request_timeout", float, "seconds a request may run before its worker is retired (0: off)",
-          minimum=0.0),
-    Field("max_spawn_rate", float, "most workers forked per second across the pool (a pool with no ready "
-          "worker is exempt)", minimum=0.1),
-    Field("max_requests", int, "retire a worker after this many requests (0: never)", minimum=0),
-    Field("max_requests_jitter", int, "add up to this many requests to max_requests, per worker", minimum=0),
-    Field("max_rss", float, "retire a worker whose resident memory stays above this many MiB (0: never)",
-          minimum=0.0),
-    Field("max_lifetime", float, "retire a worker after this many seconds (0: never)", minimum=0.0),
-    # Lifecycle hooks, as module:callable.
-    Field("post_fork", str, "module:callable run in each new worker before it serves (hook(slot, generation))"),
-    Field("worker_exit", str, "module:callable run in a worker as it exits (hook(slot, generation))"),
-    Field("when_ready", str, "module:callable run in the primary when the pool is first ready (hook(status))"),
-    Field("on_reload", str, "module:callable run in the primary when a reload starts (hook(generation))"),
-    # HTTP front line.
-    Field("max_header_bytes", int, "largest request head (request line and headers), in bytes; 431 beyond",
-          minimum=1024),
-    Field("max_request_line_bytes", int, "longest request line (method, target, version), in bytes; 414 beyond",
-          minimum=256),
-    Field("max_header_line_bytes", int, "longest header (or trailer) line, in bytes; 431 beyond", minimum=256),
-    Field("max_headers", int, "most header (or trailer) lines in a request; 431 beyond", minimum=1),
-    Field("ssl_certfile", str, "TLS: the certificate chain (PEM; credential:NAME reads $CREDENTIALS_DIRECTORY/NAME)"),
-    Field("ssl_keyfile", str, "TLS: the private key (PEM), if not in ssl_certfile"),
-    Field("ssl_keyfile_password", str, "TLS: the private key's password"),
-    Field("ssl_ca_certs", str, "TLS: CA certificates that client certificates must come from (PEM)"),
-    Field("ssl_cert_reqs", str, "TLS: client certificates: none, optional or required",
-          choices=("none", "optional", "required")),
-    Field("ssl_ciphers", str, "TLS: an OpenSSL cipher list (default: OpenSSL's, at its security level)"),
-    Field("http2", bool, "HTTP/2: ALPN h2 over TLS, and h2c with prior knowledge on cleartext sockets"),
-    Field("h2_max_concurrent_streams", int, "HTTP/2: streams open at once per connection", minimum=1),
-    Field("h2_max_resets_per_second", int, "HTTP/2: streams a client may reset per connection and second before the "
-          "connection is closed (rapid reset, CVE-2023-44487)", minimum=1),
-    Field("header_timeout", float, "seconds a client has to send the whole request head (408 after)",
-          minimum=0.1),
-    Field("body_timeout", float, "seconds a request body may stay silent before the connection is closed",
-          minimum=0.1),
-    Field("max_body_bytes", int, "largest request body, in bytes; 413 beyond (0: no limit)", minimum=0),
-    Field("max_connections", int, "open connections per worker; 503 beyond", minimum=1),
-    Field("ws", str, "WebSocket implementation: auto, websockets, wsproto or none",
-          choices=("auto", "websockets", "wsproto", "none")),
-    Field("ws_ping_interval", float, "seconds between WebSocket pings (0: none)", minimum=0.0),
-    Field("ws_ping_timeout", float, "seconds to wait for a WebSocket pong", minimum=0.1),
-    Field("ws_max_size", int, "largest WebSocket message, in bytes", minimum=1),
-    Field("proxy_headers", bool, "trust X-Forwarded-For/-Proto from forwarded_allow_ips"),
-    Field("forwarded_allow_ips", str, "comma-separated proxy addresses or networks to trust, or *; peers on "
-          "unix sockets are always trusted"),
-    Field("root_path", str, "the prefix the app is mounted under behind a proxy (ASGI root_path, WSGI SCRIPT_NAME)"),
-    Field("server_header", bool, "send a Server: header"),
-    Field("date_header", bool, "send a Date: header"),
-    Field("reload", bool, "development: roll the pool when a .py file under app_dir changes"),
-    # Observability and canary reloads.
-    Field("metrics_bind", str, "HOST:PORT or unix:PATH of the Prometheus metrics endpoint (default: off, or the "
-          "systemd socket named metrics)"),
-    Field("canary_seconds", float, "after a reload's first new worker is ready, watch it this long before rolling "
-          "on (0: no canary)", minimum=0.0),
-    Field("canary_max_error_rate", float, "roll back when the canary's 5xx rate exceeds the old generation's by "
-          "more than this (0.02: two points)", minimum=0.0),
-    Field("canary_max_p99_ratio", float, "roll back when the canary's p99 latency exceeds the old generation's "
-          "by more than this factor", minimum=1.0),
-    # Many hosts.
-    Field("broadcast", str, "broadcast backend: local, or redis://HOST:PORT/DB to reach every host's workers"),
-    Field("broadcast_channel", str, "the Redis pub/sub channel pools of one service share"),
-    Field("health_bind", str, "HOST:PORT or unix:PATH of the load-balancer health endpoint (default: off, or the "
-          "systemd socket named health)"),
-    Field("drain_seconds", float, "on corepool drain or stop, seconds the health endpoint answers 503 while "
-          "the pool still serves, before connections close", minimum=0.0),
-)
-FIELD_BY_NAME = {f.name: f for f in FIELDS}
+@dataclass(frozen=True)
+class _Declared:
+    help: str
+    choices: tuple[str, ...]
+    minimum: float | None
+    flag_name: str | None
+    restart: bool
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] = (), minimum: float | None = None,
+            flag: str | None = None, restart: bool = False, factory: Callable[[], Any] | None = None) -> Any:
+    """Declare one setting where its value lives: its default (or ``factory``), its help line, what it accepts
+    (``choices``, ``minimum``), its flag if not ``--name-with-dashes``, and ``restart``: a SIGHUP does not apply
+    it. Its type is the attribute's annotation."""
+    metadata = {"setting": _Declared(help, choices, minimum, flag, restart)}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def pool_setting() -> Any:
+    """An :class:`HttpOptions` field that is one of the pool's settings (declared in :class:`Settings`, under the
+    same name) which the engine is shown too: a :class:`Settings` copies its value in; a bare ``HttpOptions()``
+    has the setting's default."""
+    return field(default=None, metadata={"pool": True})
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    """The HTTP engine's settings: all a worker's engine is given of the settings (a worker never sees the whole
+    file). Declared here, once; :class:`Settings` holds them as ``http``, and TOML and flags name them flat.
+    A few of the pool's own settings are shown to the engine too (:func:`pool_setting`)."""
+
+    # The primary judges both; the worker watches them too, to log a stuck request's stack before it is replaced
+    # (corepool.engines.stuck).
+    request_timeout: float = pool_setting()
+    health_timeout: float = pool_setting()
+
+    def __post_init__(self) -> None:
+        for name in POOL_SETTINGS:
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, _SETTING_DEFAULTS[name])
+
+    threads: int = setting(64, "WSGI app threads per worker", minimum=1)
+    wsgi_engine: str = setting("auto", "what serves WSGI apps: auto (granian when corepool[granian] is installed and "
+                               "there is no TLS, else the bridge), bridge (corepool's HTTP and thread pool) or "
+                               "granian (granian's Rust worker; HTTP/1.1, no TLS)",
+                               choices=WSGI_ENGINES)
+    keepalive_timeout: float = setting(5.0, "seconds an idle keep-alive connection stays open", minimum=0.0)
+    access_log: bool = setting(False, "log every request (costs throughput)")
+    access_log_format: str = setting('%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms',
+                                     "access log line, in gunicorn's atoms: %%(h)s %%(r)s %%(s)s %%(b)s %%(M)s ...")
+    max_header_bytes: int = setting(32 * 1024, "largest request head (request line and headers), in bytes; 431 "
+                                    "beyond", minimum=1024)
+    max_request_line_bytes: int = setting(8 * 1024, "longest request line (method, target, version), in bytes; 414 "
+                                          "beyond", minimum=256)
+    max_header_line_bytes: int = setting(8 * 1024, "longest header (or trailer) line, in bytes; 431 beyond",
+                                         minimum=256)
+    max_headers: int = setting(100, "most header (or trailer) lines in a request; 431 beyond", minimum=1)
+    ssl_certfile: str | None = setting(None, "TLS: the certificate chain (PEM; credential:NAME reads "
+                                       "$CREDENTIALS_DIRECTORY/NAME)")
+    ssl_keyfile: str | None = setting(None, "TLS: the private key (PEM), if not in ssl_certfile")
+    ssl_keyfile_password: str | None = setting(None, "TLS: the private key's password")
+    ssl_ca_certs: str | None = setting(None, "TLS: CA certificates that client certificates must come from (PEM)")
+    ssl_cert_reqs: str = setting("none", "TLS: client certificates: none, optional or required",
+                                 choices=("none", "optional", "required"))
+    ssl_ciphers: str = setting("", "TLS: an OpenSSL cipher list (default: OpenSSL's, at its security level)")
+    http2: bool = setting(True, "HTTP/2: ALPN h2 over TLS, and h2c with prior knowledge on cleartext sockets")
+    h2_max_concurrent_streams: int = setting(100, "HTTP/2: streams open at once per connection", minimum=1)
+    h2_max_resets_per_second: int = setting(100, "HTTP/2: streams a client may reset per connection and second "
+                                            "before the connection is closed (rapid reset, CVE-2023-44487)",
+                                            minimum=1)
+    header_timeout: float = setting(30.0, "seconds a client has to send the whole request head (408 after)",
+                                    minimum=0.1)
+    body_timeout: float = setting(60.0, "seconds a request body may stay silent before the connection is closed",
+                                  minimum=0.1)
+    max_body_bytes: int = setting(100 * 1024 * 1024, "largest request body, in bytes; 413 beyond (0: no limit)",
+                                  minimum=0)
+    max_connections: int = setting(1000, "open connections per worker; 503 beyond", minimum=1)
+    ws: str = setting("auto", "WebSocket implementation: auto, websockets, wsproto or none",
+                      choices=("auto", "websockets", "wsproto", "none"))
+    ws_ping_interval: float = setting(20.0, "seconds between WebSocket pings (0: none)", minimum=0.0)
+    ws_ping_timeout: float = setting(20.0, "seconds to wait for a WebSocket pong", minimum=0.1)
+    ws_max_size: int = setting(16 * 1024 * 1024, "largest WebSocket message, in bytes", minimum=1)
+    proxy_headers: bool = setting(True, "trust X-Forwarded-For/-Proto from forwarded_allow_ips")
+    forwarded_allow_ips: str = setting("127.0.0.1,::1", "comma-separated proxy addresses or networks to trust, or "
+                                       "*; peers on unix sockets are always trusted")
+    root_path: str = setting("", "the prefix the app is mounted under behind a proxy (ASGI root_path, WSGI "
+                             "SCRIPT_NAME)")
+    server_header: bool = setting(True, "send a Server: header")
+    date_header: bool = setting(True, "send a Date: header")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything a pool needs to run. Build it with :func:`load`."""
+    """Everything a pool needs to run, every setting declared once. Build it with :func:`load`."""
 
-    app: str | None = None
-    interface: str = "auto"
-    bind: tuple[str, ...] = ("127.0.0.1:8000",)
-    routes: tuple[tuple[str, str], ...] = ()
-    workers: int = field(default_factory=_default_workers)
-    mode: str = "preload"
-    app_dir: str = "."
-    name: str = "corepool"
-    control: str | None = None
-    health_interval: float = 10.0
-    health_timeout: float = 5.0
-    boot_timeout: float = 60.0
-    graceful_timeout: float = 30.0
-    backoff_max: float = 30.0
-    keepalive_timeout: float = 5.0
-    max_message_bytes: int = 64 * 1024
-    backlog: int = 2048
-    access_log: bool = False
-    access_log_format: str = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %(M)sms'
-    log_level: str = "info"
-    threads: int = 64
-    wsgi_engine: str = "auto"
-    request_timeout: float = 30.0
-    max_spawn_rate: float = 20.0
-    max_requests: int = 0
-    max_requests_jitter: int = 0
-    max_rss: float = 0.0
-    max_lifetime: float = 0.0
-    post_fork: str | None = None
-    worker_exit: str | None = None
-    when_ready: str | None = None
-    on_reload: str | None = None
-    max_header_bytes: int = 32 * 1024
-    max_request_line_bytes: int = 8 * 1024
-    max_header_line_bytes: int = 8 * 1024
-    max_headers: int = 100
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-    ssl_keyfile_password: str | None = None
-    ssl_ca_certs: str | None = None
-    ssl_cert_reqs: str = "none"
-    ssl_ciphers: str = ""
-    http2: bool = True
-    h2_max_concurrent_streams: int = 100
-    h2_max_resets_per_second: int = 100
-    header_timeout: float = 30.0
-    body_timeout: float = 60.0
-    max_body_bytes: int = 100 * 1024 * 1024
-    max_connections: int = 1000
-    ws: str = "auto"
-    ws_ping_interval: float = 20.0
-    ws_ping_timeout: float = 20.0
-    ws_max_size: int = 16 * 1024 * 1024
-    proxy_headers: bool = True
-    forwarded_allow_ips: str = "127.0.0.1,::1"
-    root_path: str = ""
-    server_header: bool = True
-    date_header: bool = True
-    reload: bool = False
-    metrics_bind: str | None = None
-    canary_seconds: float = 0.0
-    canary_max_error_rate: float = 0.02
-    canary_max_p99_ratio: float = 2.0
-    broadcast: str = "local"
-    broadcast_channel: str = "corepool"
-    health_bind: str | None = None
-    drain_seconds: float = 10.0
-    config_path: str | None = None
+    app: str | None = setting(None, "the app to serve, as module:attribute (for example myapp:app)")
+    interface: str = setting("auto", "how to call the app: auto, asgi, wsgi or raw", choices=INTERFACES)
+    bind: tuple[str, ...] = setting(("127.0.0.1:8000",), "[NAME=]HOST:PORT, [NAME=][IPv6]:PORT or [NAME=]unix:PATH "
+                                    "to listen on", restart=True)
+    routes: tuple[tuple[str, str], ...] = setting((), "NAME=module:attribute: serve another app on the sockets named "
+                                                  "NAME", flag="route")
+    workers: int = setting(None, "number of workers (default: one per CPU core)", minimum=1,
+                           factory=_default_workers)
+    mode: str = setting("preload", "preload: import the app once per generation and fork workers from it; "
+                        "lazy: every worker imports the app itself", choices=("preload", "lazy"))
+    app_dir: str = setting(".", "directory added to sys.path before importing the app")
+    name: str = setting("corepool", "the pool's name, used for the default control socket path")
+    control: str | None = setting(None, "path of the control socket (default: printed at start)")
+    health_interval: float = setting(10.0, "seconds between health pings of each worker", minimum=0.05)
+    health_timeout: float = setting(5.0, "seconds a worker has to answer a ping before SIGKILL", minimum=0.05)
+    boot_timeout: float = setting(60.0, "seconds a new worker has to load the app and accept", minimum=0.1)
+    graceful_timeout: float = setting(30.0, "seconds to finish in-flight requests on stop/retire", minimum=0.1)
+    backoff_max: float = setting(30.0, "longest wait before retrying a slot whose workers keep failing",
+                                 minimum=0.1)
+    max_message_bytes: int = setting(64 * 1024, "largest broadcast, encoded (topic + payload + ~30 bytes), in "
+                                     "bytes", minimum=16)
+    backlog: int = setting(2048, "listen backlog of the sockets corepool binds", minimum=1)
+    log_level: str = setting("info", "debug, info, warning or error", choices=LOG_LEVELS)
+    # Crash policy, liveness and recycling.
+    request_timeout: float = setting(30.0, "seconds a request may run before its worker is retired (0: off)",
+                                     minimum=0.0)
+    max_spawn_rate: float = setting(20.0, "most workers forked per second across the pool (a pool with no ready "
+                                    "worker is exempt)", minimum=0.1)
+    max_requests: int = setting(0, "retire a worker after this many requests (0: never)", minimum=0)
+    max_requests_jitter: int = setting(0, "add up to this many requests to max_requests, per worker", minimum=0)
+    max_rss: float = setting(0.0, "retire a worker whose resident memory stays above this many MiB (0: never)",
+                             minimum=0.0)
+    max_lifetime: float = setting(0.0, "retire a worker after this many seconds (0: never)", minimum=0.0)
+    # Lifecycle hooks, as module:callable.
+    post_fork: str | None = setting(None, "module:callable run in each new worker before it serves "
+                                    "(hook(slot, generation))")
+    worker_exit: str | None = setting(None, "module:callable run in a worker as it exits (hook(slot, generation))")
+    when_ready: str | None = setting(None, "module:callable run in the primary when the pool is first ready "
+                                     "(hook(status))")
+    on_reload: str | None = setting(None, "module:callable run in the primary when a reload starts "
+                                    "(hook(generation))")
+    # The HTTP front line: the engine's settings (FIELDS lists them here, flat).
+    http: HttpOptions = field(default_factory=HttpOptions)
+    reload: bool = setting(False, "development: roll the pool when a .py file under app_dir changes")
+    # Observability and canary reloads.
+    metrics_bind: str | None = setting(None, "HOST:PORT or unix:PATH of the Prometheus metrics endpoint (default: "
+                                       "off, or the systemd socket named metrics)")
+    canary_seconds: float = setting(0.0, "after a reload's first new worker is ready, watch it this long before "
+                                    "rolling on (0: no canary)", minimum=0.0)
+    canary_max_error_rate: float = setting(0.02, "roll back when the canary's 5xx rate exceeds the old "
+                                           "generation's by more than this (0.02: two points)", minimum=0.0)
+    canary_max_p99_ratio: float = setting(2.0, "roll back when the canary's p99 latency exceeds the old "
+                                          "generation's by more than this factor", minimum=1.0)
+    # Many hosts.
+    broadcast: str = setting("local", "broadcast backend: local, or redis://HOST:PORT/DB to reach every host's "
+                             "workers", restart=True)
+    broadcast_channel: str = setting("corepool", "the Redis pub/sub channel pools of one service share",
+                                     restart=True)
+    health_bind: str | None = setting(None, "HOST:PORT or unix:PATH of the load-balancer health endpoint (default: "
+                                      "off, or the systemd socket named health)", restart=True)
+    drain_seconds: float = setting(10.0, "on corepool drain or stop, seconds the health endpoint answers 503 "
+                                   "while the pool still serves, before connections close", minimum=0.0)
+    config_path: str | None = None  # the file these came from (not a setting)
+
+    def __post_init__(self) -> None:
+        shown = {name: getattr(self, name) for name in POOL_SETTINGS}
+        if any(getattr(self.http, name) != value for name, value in shown.items()):
+            object.__setattr__(self, "http", dataclasses.replace(self.http, **shown))
+
+    def value(self, name: str) -> Any:
+        """A setting's value by its name (an engine's too)."""
+        return getattr(self.http if FIELD_BY_NAME[name].engine else self, name)
 
     def control_path(self) -> str:
         """Where the control socket lives: the setting, else ``control.sock`` in the pool's runtime directory."""
@@ -232,51 +236,35 @@ class Settings:
         return str(runtime_dir(self.name) / "control.sock")
 
 
-@dataclass(frozen=True)
-class HttpOptions:
-    """What a worker's HTTP engine needs from the settings (a worker never sees the whole file); the
-    defaults are the settings' own."""
+def _field_of(declared: dataclasses.Field[Any], hint: Any, engine: bool) -> Field:
+    meta: _Declared = declared.metadata["setting"]
+    kind, repeat = hint, False
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):  # X | None: an optional setting
+        (kind,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+    if typing.get_origin(kind) is tuple:  # a list of strings, or (routes) a table of name = app
+        nested = typing.get_origin(typing.get_args(kind)[0]) is tuple
+        kind, repeat = (dict, True) if nested else (str, True)
+    return Field(declared.name, kind, meta.help, meta.choices, meta.minimum, repeat, meta.flag_name, meta.restart,
+                 engine)
 
-    # The primary judges both; the worker watches them too, to log a stuck request's stack before it is replaced
-    # (corepool.engines.stuck).
-    request_timeout: float = Settings.request_timeout
-    health_timeout: float = Settings.health_timeout
 
-    threads: int = Settings.threads
-    wsgi_engine: str = Settings.wsgi_engine
-    keepalive_timeout: float = Settings.keepalive_timeout
-    access_log: bool = Settings.access_log
-    access_log_format: str = Settings.access_log_format
-    max_header_bytes: int = Settings.max_header_bytes
-    max_request_line_bytes: int = Settings.max_request_line_bytes
-    max_header_line_bytes: int = Settings.max_header_line_bytes
-    max_headers: int = Settings.max_headers
-    ssl_certfile: str | None = Settings.ssl_certfile
-    ssl_keyfile: str | None = Settings.ssl_keyfile
-    ssl_keyfile_password: str | None = Settings.ssl_keyfile_password
-    ssl_ca_certs: str | None = Settings.ssl_ca_certs
-    ssl_cert_reqs: str = Settings.ssl_cert_reqs
-    ssl_ciphers: str = Settings.ssl_ciphers
-    http2: bool = Settings.http2
-    h2_max_concurrent_streams: int = Settings.h2_max_concurrent_streams
-    h2_max_resets_per_second: int = Settings.h2_max_resets_per_second
-    header_timeout: float = Settings.header_timeout
-    body_timeout: float = Settings.body_timeout
-    max_body_bytes: int = Settings.max_body_bytes
-    max_connections: int = Settings.max_connections
-    ws: str = Settings.ws
-    ws_ping_interval: float = Settings.ws_ping_interval
-    ws_ping_timeout: float = Settings.ws_ping_timeout
-    ws_max_size: int = Settings.ws_max_size
-    proxy_headers: bool = Settings.proxy_headers
-    forwarded_allow_ips: str = Settings.forwarded_allow_ips
-    root_path: str = Settings.root_path
-    server_header: bool = Settings.server_header
-    date_header: bool = Settings.date_header
+def _declared(cls: type, engine: bool = False) -> list[Field]:
+    """The settings ``cls`` declares, in order; :class:`Settings`' ``http`` stands for the engine's."""
+    hints = typing.get_type_hints(cls)
+    out: list[Field] = []
+    for declared in dataclasses.fields(cls):
+        if "setting" in declared.metadata:
+            out.append(_field_of(declared, hints[declared.name], engine))
+        elif hints[declared.name] is HttpOptions:
+            out += _declared(HttpOptions, engine=True)
+    return out
 
-    @classmethod
-    def of(cls, s: Settings) -> HttpOptions:
-        return cls(**{f.name: getattr(s, f.name) for f in dataclasses.fields(cls)})
+
+FIELDS: tuple[Field, ...] = tuple(_declared(Settings))
+# The pool's settings an engine is shown too (HttpOptions' pool_setting fields), and their defaults.
+POOL_SETTINGS = tuple(f.name for f in dataclasses.fields(HttpOptions) if f.metadata.get("pool"))
+_SETTING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings) if f.name in POOL_SETTINGS}
+FIELD_BY_NAME = {f.name: f for f in FIELDS}
 
 
 def runtime_dir(name: str) -> Path:
@@ -431,7 +419,8 @@ def load(config_path: str | None = None, flags: Mapping[str, Any] | None = None)
     _check_binds(values.get("bind", ()), "flag" if flags and flags.get("bind") is not None else config_path or "flag")
     if values.get("routes") and values.get("interface") == "raw":
         raise SettingsError("routes: a raw handler owns its sockets; remove routes or use interface asgi/wsgi/auto")
-    return Settings(config_path=config_path, **values)
+    engine = {k: values.pop(k) for k in list(values) if FIELD_BY_NAME[k].engine}
+    return Settings(config_path=config_path, http=HttpOptions(**engine), **values)
 
 
 def _check_binds(binds: tuple[str, ...], source: str) -> None:

@@ -11,7 +11,7 @@ def test_defaults_file_and_flags_merge_in_that_order(tmp_path: Path) -> None:
     config = tmp_path / "pool.toml"
     config.write_text('app = "a:app"\nworkers = 3\nbind = ["127.0.0.1:9000", "unix:/run/a.sock"]\nhealth_timeout = 2\n')
     s = settings.load(str(config), {"workers": "5", "access_log": True})
-    assert (s.app, s.workers, s.health_timeout, s.access_log) == ("a:app", 5, 2.0, True)
+    assert (s.app, s.workers, s.health_timeout, s.http.access_log) == ("a:app", 5, 2.0, True)
     assert s.bind == ("127.0.0.1:9000", "unix:/run/a.sock")
     assert s.graceful_timeout == 30.0 and s.config_path == str(config)
 
@@ -57,8 +57,12 @@ def test_every_setting_is_declared_once_and_documented() -> None:
     from pathlib import Path as P
 
     declared = {f.name for f in settings.FIELDS}
-    stored = {f.name for f in dataclasses.fields(settings.Settings)} - {"config_path"}
-    assert declared == stored
+    stored = {f.name for f in dataclasses.fields(settings.Settings)} - {"config_path", "http"}
+    engine = {f.name for f in dataclasses.fields(settings.HttpOptions)}
+    assert len(settings.FIELDS) == len(declared) and declared == stored | engine and not stored & engine
+    assert {f.name for f in settings.FIELDS if f.engine} == engine
+    s = settings.Settings()
+    assert all(s.value(f.name) == getattr(s.http if f.engine else s, f.name) for f in settings.FIELDS)
     readme = (P(__file__).parents[2] / "README.md").read_text()
     missing = [name for name in declared if f"| `{name}` |" not in readme]
     assert not missing, f"README's settings table lacks {missing}"

@@ -129,10 +129,10 @@ FAST = settings(max_examples=25, suppress_health_check=[HealthCheck.function_sco
 def test_any_valid_value_round_trips_as_flag_and_in_toml(name: str, data: st.DataObject, tmp_path: Path) -> None:
     f = cps.FIELD_BY_NAME[name]
     given_value, expected = data.draw(valid(f))
-    assert getattr(cps.load(None, {name: _as_flag(f, given_value)}), name) == expected
+    assert cps.load(None, {name: _as_flag(f, given_value)}).value(name) == expected
     config = tmp_path / "pool.toml"
     config.write_text(f"{name} = {_toml_value(given_value)}\n", encoding="utf-8")
-    assert getattr(cps.load(str(config)), name) == expected
+    assert cps.load(str(config)).value(name) == expected
 
 
 @pytest.mark.parametrize("name", NAMES)
