@@ -17,7 +17,9 @@ Pure: counts in, a :class:`Verdict` with its figures out.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from corepool.traffic import Traffic
 
@@ -91,9 +93,23 @@ def judge(old: Traffic, new: Traffic, rules: Rules) -> Verdict:
     return Verdict(False, f"{' and '.join(why)} ({figures})", c, o, tuple(failed))
 
 
+class Reporter(Protocol):
+    """What the watch reads of a worker (the policy's :class:`~corepool.poolstate.Worker` is one)."""
+
+    wid: int
+    traffic: Traffic | None
+    last_pong_at: float | None
+    traffic_at: float | None
+
+
+def reported_since(w: Reporter, when: float) -> bool:
+    """The worker sent counts (a pong, or unsolicited stats) at ``when`` or later."""
+    return max(w.last_pong_at or 0.0, w.traffic_at or 0.0) >= when
+
+
 @dataclass
 class Watch:
-    """A canary being watched (state the policy keeps in its roll).
+    """A canary being watched (the bookkeeping the policy keeps in its roll).
 
     ``base``: each old worker's counts at the window's start (its first report after the start; a worker that
     has not reported yet is not in it); the canary's own base is zero, it started with the window.
@@ -105,6 +121,34 @@ class Watch:
     until: float
     base: dict[int, Traffic] = field(default_factory=dict)
     collect_until: float | None = None
+
+    def note(self, wid: int, counts: Traffic, now: float) -> None:
+        """A worker's report: an old worker's first one in the window is its base."""
+        if wid != self.wid and wid not in self.base and now >= self.started_at:
+            self.base[wid] = counts
+
+    def due_at(self, workers: Iterable[Reporter]) -> float:
+        """When the policy acts on this watch next: at the window's end (ask everyone for their counts), then
+        once every worker involved has reported since, or at ``collect_until`` at the latest (judge)."""
+        if self.collect_until is None:
+            return self.until
+        involved = [w for w in workers if w.wid == self.wid or w.wid in self.base]
+        if all(reported_since(w, self.until) for w in involved):
+            return self.until  # passed already: judge now
+        return self.collect_until
+
+    def verdict(self, workers: Mapping[int, Reporter], rules: Rules) -> Verdict | None:
+        """The canary against the old workers that reported since the window's end; None when the canary itself
+        did not (its serving loop does not answer)."""
+        new = workers.get(self.wid)
+        if new is None or not reported_since(new, self.until):
+            return None
+        old = Traffic()
+        for w in workers.values():
+            base = self.base.get(w.wid)
+            if base is not None and w.traffic is not None and reported_since(w, self.until):
+                old = old + w.traffic.since(base)
+        return judge(old, new.traffic or Traffic(), rules)  # an engine without HTTP counts: nothing to judge
 
 
 def _ms(seconds: float) -> str:

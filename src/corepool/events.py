@@ -1,5 +1,9 @@
 """The policy's vocabulary: the events the primary feeds :class:`corepool.policy.Policy` and the actions it
-returns. Plain frozen dataclasses, no behaviour (h11's events, for a process pool)."""
+returns. Plain frozen dataclasses, no behaviour (h11's events, for a process pool).
+
+A control request the policy must answer (a reload, a drain) carries a ``ticket``; the policy answers it with one
+:class:`Answer` carrying the same ticket.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from dataclasses import dataclass
 from corepool.canary import Verdict
 from corepool.crashpolicy import Cause
 from corepool.exits import Ended
+from corepool.settings import Settings
 from corepool.traffic import Traffic
 
 # ---------------------------------------------------------------------------------------------- events
@@ -15,9 +20,11 @@ from corepool.traffic import Traffic
 
 @dataclass(frozen=True)
 class Start:
-    """The primary is up and its listeners are bound: boot the pool."""
+    """The primary is up and its listeners are bound: boot the pool. ``subreaper``: the primary is a child
+    subreaper (preload mode needs it: workers a loader double-forks must become the primary's children)."""
 
     now: float
+    subreaper: bool = True
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ class Pong:
     threads: int = 0
     rss: int | None = None
     traffic: Traffic | None = None  # cumulative requests by method/status class and durations (corepool.traffic)
+    connections: int | None = None  # open client connections
 
 
 @dataclass(frozen=True)
@@ -145,6 +153,7 @@ class ReloadRequested:
 
     now: float
     reason: str = "reload requested"
+    ticket: int | None = None
 
 
 @dataclass(frozen=True)
@@ -157,27 +166,57 @@ class ScaleRequested:
 
 @dataclass(frozen=True)
 class StopRequested:
-    """Stop the pool: graceful drains first, otherwise kill at once."""
+    """Stop the pool: graceful drains first, otherwise kill at once. ``by``: the signal that asked (SIGQUIT), for
+    the log and for systemd (``STOPPING=1``)."""
 
     now: float
     graceful: bool = True
+    by: str | None = None
+
+
+@dataclass(frozen=True)
+class StopSignal:
+    """SIGTERM or SIGINT (``signal``): with a health endpoint, first a host drain that ends in a graceful stop,
+    else a graceful stop; once stopping, a fast stop."""
+
+    now: float
+    signal: str
 
 
 @dataclass(frozen=True)
 class HostDrainRequested:
-    """Turn load balancers away (the health endpoint answers 503) for ``seconds`` while the pool still serves;
-    then stop gracefully when ``then_stop`` (``corepool drain``, or a stop with a health endpoint)."""
+    """Turn load balancers away (the health endpoint answers 503) for ``drain_seconds`` while the pool still
+    serves; then stop gracefully when ``then_stop``. ``by``: who asked (``corepool drain --stop``), for the log."""
 
     now: float
-    seconds: float
     then_stop: bool = True
+    ticket: int | None = None
+    by: str | None = None
 
 
 @dataclass(frozen=True)
 class HostDrainCancelled:
-    """The host takes traffic again (``corepool drain --cancel``), unless a stop has already begun."""
+    """The host takes traffic again (``corepool drain --cancel``), unless the drain ends in a stop."""
 
     now: float
+    ticket: int | None = None
+
+
+@dataclass(frozen=True)
+class ConfigReloaded:
+    """SIGHUP re-read the config file: ``new`` replaces ``old`` (then a reload)."""
+
+    now: float
+    old: Settings
+    new: Settings
+
+
+@dataclass(frozen=True)
+class ConfigRefused:
+    """SIGHUP found the config file bad: the pool keeps its settings (and does not reload)."""
+
+    now: float
+    error: str
 
 
 Event = (
@@ -198,8 +237,11 @@ Event = (
     | ReloadRequested
     | ScaleRequested
     | StopRequested
+    | StopSignal
     | HostDrainRequested
     | HostDrainCancelled
+    | ConfigReloaded
+    | ConfigRefused
 )
 
 # --------------------------------------------------------------------------------------------- actions
@@ -308,9 +350,44 @@ class ReloadStarted:
 
 @dataclass(frozen=True)
 class ReloadFinished:
+    """The roll to ``generation`` is over (``serving``: the pool serves on, so systemd hears READY=1 again)."""
+
     generation: int
     ok: bool
     reason: str
+    serving: bool = True
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The answer to the control request with ``ticket``: ``refused`` says why not; a reload answers the
+    ``generation`` it rolls to, ``queued`` behind the roll or start-up in progress."""
+
+    ticket: int | None
+    refused: str | None = None
+    generation: int | None = None
+    queued: bool = False
+
+
+@dataclass(frozen=True)
+class Stopping:
+    """A stop (or a drain that ends in one) has begun: tell systemd (``STOPPING=1``, ``STATUS=``) and extend its
+    stop timeout by ``extend`` seconds (``EXTEND_TIMEOUT_USEC``)."""
+
+    status: str
+    extend: float
+
+
+@dataclass(frozen=True)
+class ExtendTimeout:
+    """Push systemd's start or reload timeout out by ``seconds`` (``EXTEND_TIMEOUT_USEC``)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FeedWatchdog:
+    """Send systemd ``WATCHDOG=1``."""
 
 
 @dataclass(frozen=True)
@@ -323,5 +400,6 @@ class Exit:
 
 Action = (
     Spawn | SpawnLoader | Signal | SignalLoader | Ping | SetRequestLimit | CapShare | Report | WorkerEnded
-    | CanaryJudged | PoolReady | ReloadStarted | ReloadFinished | Exit
+    | CanaryJudged | PoolReady | ReloadStarted | ReloadFinished | Answer | Stopping | ExtendTimeout | FeedWatchdog
+    | Exit
 )

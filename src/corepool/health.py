@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from corepool import endpoint, listeners
-from corepool.policy import Policy, PoolPhase, WorkerState
+from corepool.policy import Policy, PoolPhase
 
 NAME = "health"  # the socket name that makes a listener the health endpoint
 MAX_CONNECTIONS = 32  # checks at once (a few balancers, each checking every few seconds); beyond, the oldest goes
@@ -55,15 +55,15 @@ class Verdict:
 
 def verdict(p: Policy) -> Verdict:
     """The health of the pool ``p`` as a load balancer should see it (pure: reads the policy's state)."""
-    ready_slots = {w.slot for w in p.workers.values() if w.state is WorkerState.READY and w.kill_reason is None}
+    ready_slots = {w.slot for w in p.workers.values() if w.serving}
     ready = len(ready_slots & set(p.slots))
     counts = f"{ready}/{len(p.slots)} workers ready, generation {p.generation}"
     if p.phase in (PoolPhase.STOPPING, PoolPhase.EXITED):
         return Verdict(503, f"stopping: {counts}")
     if p.phase is not PoolPhase.RUNNING:
         return Verdict(503, f"starting: {counts}")
-    if p.host_draining:
-        after = "then stopping" if p.host_drain_then_stop else "until cancelled"
+    if p.drain.draining:
+        after = "then stopping" if p.drain.then_stop else "until cancelled"
         return Verdict(503, f"draining: this host is leaving the balancer ({after}); {counts}, still serving")
     if ready == 0:
         return Verdict(503, f"unavailable: no ready worker; {counts}")

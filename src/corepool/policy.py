@@ -1,9 +1,9 @@
 """The pool's decisions as a pure state machine (no I/O, no clock reads).
 
 The primary feeds :class:`Policy` events (a worker was forked, said ready, answered a ping, exited; a timer
-fired; a reload, scale or stop was asked for) and carries out the actions it returns (fork a worker, send a
-signal, send a ping, report). Every timestamp comes in with the event, so the whole behaviour is testable
-without processes, sockets or sleeps.
+fired; a signal, a reload, scale, drain or stop was asked for; SIGHUP re-read the config) and carries out the
+actions it returns (fork a worker, send a signal, send a ping, answer a control request, tell systemd, report).
+Every timestamp comes in with the event, so the whole behaviour is testable without processes, sockets or sleeps.
 
 Per-worker lifecycle::
 
@@ -12,27 +12,38 @@ Per-worker lifecycle::
        |                  +--exit/health kill--> (gone: replaced at once, within the pool's spawn budget)
        +--exit/boot_timeout--> (gone: the slot backs off, 0, 0.5 s, 1 s, ... up to backoff_max)
 
-Judgements live in their own pure modules: :mod:`corepool.crashpolicy` (backoff, spawn budget, causes of
-death) and :mod:`corepool.recycling` (request_timeout, max_requests, max_rss, max_lifetime). A worker that is
-recycled or holds an overdue request is replaced surge-first: its successor boots, and only once the successor
-is ready does the old worker stop accepting and drain.
+The state is plain data in :mod:`corepool.poolstate`. Judgements live in their own pure modules:
+:mod:`corepool.crashpolicy` (backoff, spawn budget, causes of death), :mod:`corepool.recycling`
+(request_timeout, max_requests, max_rss, max_lifetime), :mod:`corepool.canary` (a reload's canary),
+:mod:`corepool.hostdrain` (a host drain) and :mod:`corepool.tuning` (what the settings make of the timing, and
+what a SIGHUP may change). A worker that is recycled or holds an overdue request is replaced surge-first: its
+successor boots, and only once the successor is ready does the old worker stop accepting and drain.
+
+Everything the policy waits for is one list, :meth:`Policy._waits`: :meth:`Policy.next_deadline` is its earliest
+entry, and every event (a :class:`~corepool.events.Tick` among them) fires the entries that are due.
 """
 
 from __future__ import annotations
 
-import enum
 import random
 import signal
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 
-from corepool import canary, recycling
+from corepool import canary, hostdrain, recycling, tuning
 from corepool.crashpolicy import Cause, SpawnBudget, backoff
 from corepool.events import (
     Action,
+    Answer,
     CanaryJudged,
     CapShare,
+    ConfigRefused,
+    ConfigReloaded,
     Event,
     Exit,
+    ExtendTimeout,
+    FeedWatchdog,
     HostDrainCancelled,
     HostDrainRequested,
     LoaderBootError,
@@ -54,7 +65,9 @@ from corepool.events import (
     Spawn,
     SpawnLoader,
     Start,
+    Stopping,
     StopRequested,
+    StopSignal,
     Tick,
     WorkerBootError,
     WorkerDraining,
@@ -65,139 +78,33 @@ from corepool.events import (
     WorkerReady,
 )
 from corepool.exits import EXIT_FAILURE, EXIT_OK, Ended
-from corepool.traffic import Traffic
+from corepool.hostdrain import HostDrain
+from corepool.poolstate import (
+    Loader,
+    PoolPhase,
+    ReloadResult,
+    Roll,
+    Slot,
+    Timing,
+    Worker,
+    WorkerState,
+    counted,
+)
+from corepool.settings import Settings
 
-# ----------------------------------------------------------------------------------------------- state
+__all__ = ["Policy", "PoolPhase", "Timing", "Worker", "WorkerState", "counted"]
 
-
-class WorkerState(enum.Enum):
-    BOOTING = "booting"
-    READY = "ready"
-    DRAINING = "draining"
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Every duration the policy decides with, in seconds."""
-
-    health_interval: float = 10.0
-    health_timeout: float = 5.0
-    boot_timeout: float = 60.0
-    graceful_timeout: float = 30.0
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    max_spawn_rate: float = 20.0  # replacement forks a second, pool-wide
-
-
-@dataclass
-class Worker:
-    wid: int
-    slot: int
-    generation: int
-    state: WorkerState
-    spawned_at: float
-    pid: int | None = None
-    ready_at: float | None = None
-    draining_since: float | None = None
-    next_ping_at: float = 0.0
-    ping_seq: int = 0
-    ping_sent_at: float | None = None
-    last_pong_at: float | None = None
-    requests: int = 0
-    boot_error: str | None = None
-    kill_reason: str | None = None
-    cause: Cause | None = None  # why it is being retired or killed (set when that is decided)
-    # Surge-first replacement: the worker booting to take this one's place, and the reverse link.
-    successor: int | None = None
-    predecessor: int | None = None
-    replace_reason: str | None = None
-    recycle_after: float = 0.0  # a successor failed to boot: do not try again before this
-    # From the last pong (and the primary's RSS sample).
-    inflight: int = 0
-    oldest_age: float | None = None
-    oldest: str | None = None
-    busy_threads: int = 0
-    threads: int = 0
-    rss: int | None = None
-    rss_over: int = 0
-    request_limit: int | None = None
-    max_age: float | None = None
-    traffic: Traffic | None = None  # cumulative counts from its latest pong (corepool.traffic)
-    traffic_at: float | None = None
-
-
-@dataclass
-class Slot:
-    index: int
-    generation: int
-    failures: int = 0  # boot failures in a row
-    retry_at: float | None = None
-    last_error: str | None = None
-    waiting: bool = False  # for its generation's loader to be ready (preload mode)
-    deaths: dict[Cause, int] = field(default_factory=dict)  # worker ends by cause
-
-
-@dataclass
-class Loader:
-    """A preload-mode process that imported one generation's app and forks its workers."""
-
-    generation: int
-    spawned_at: float
-    pid: int | None = None
-    ready: bool = False
-    stopping: bool = False
-    boot_error: str | None = None
-    kill_reason: str | None = None
-
-
-@dataclass
-class Roll:
-    """A reload in progress: slots still to roll, and the one new worker booting (at most one).
-
-    ``restoring``: after a failed reload in preload mode, the slots that already ran the new generation are
-    rolled back onto the last good one.
-    """
-
-    generation: int
-    pending_slots: list[int]
-    booting_wid: int | None = None
-    started_at: float = 0.0
-    restoring: bool = False
-    # Retired workers that may still accept: the roll is over only when none is left, so that a client
-    # connecting after `corepool reload --wait` returned always reaches the new generation.
-    retiring: set[int] = field(default_factory=set)
-    # A canary judged worse: the reload fails with this reason once the canary stopped accepting (the same
-    # promise, the other way round: after a rolled-back reload returned, only the old generation answers).
-    failed: str | None = None
-    # canary_seconds: the first new worker is watched before the roll goes on (corepool.canary).
-    canary: canary.Watch | None = None
-    canary_done: bool = False
-
-
-@dataclass
-class ReloadResult:
-    generation: int
-    ok: bool
-    reason: str
-    finished_at: float
-
-
-def counted(n: int, noun: str) -> str:
-    """``1 worker``, ``2 workers``: a count as the pool's messages say it."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
-class PoolPhase(enum.Enum):
-    IDLE = "idle"
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    EXITED = "exited"
+Fire = Callable[[float, list[Action]], None]  # what a wait does once it is due
 
 
 @dataclass
 class Policy:
-    """Decides who to spawn, ping, retire and kill. Feed it events with :meth:`handle`."""
+    """Decides who to spawn, ping, retire and kill, and how to answer the pool's operators. Feed it events with
+    :meth:`handle`.
+
+    ``health_endpoint``: balancers check this pool's health (a drain is possible, a stop drains first);
+    ``watchdog_interval``: systemd's watchdog, fed by :class:`~corepool.events.FeedWatchdog`.
+    """
 
     workers_wanted: int
     timing: Timing = field(default_factory=Timing)
@@ -205,6 +112,8 @@ class Policy:
     limits: recycling.Limits = field(default_factory=recycling.Limits)
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     canary_rules: canary.Rules = field(default_factory=canary.Rules)
+    health_endpoint: bool = False
+    watchdog_interval: float | None = None
 
     phase: PoolPhase = PoolPhase.IDLE
     generation: int = 1
@@ -217,19 +126,19 @@ class Policy:
     pending_scale: int = 0
     stop_deadline: float | None = None
     killed_on_stop: int = 0
-    # Host drain: the health endpoint says 503 so balancers move traffic away, while every worker still serves.
-    host_draining: bool = False
-    host_drain_until: float | None = None
-    host_drain_then_stop: bool = False
+    drain: HostDrain = field(default_factory=HostDrain)
     ever_ready: bool = False
+    config_error: str | None = None  # SIGHUP found the config file bad (status shows it)
+    watchdog_at: float = 0.0
     _next_wid: int = 1
     _last_generation: int = 1
-    _stop_reason: str = ""
-    budget: SpawnBudget = field(default_factory=lambda: SpawnBudget(rate=20.0, burst=2.0))
+    _stop_failure: str | None = None  # why a stop is a failure from the start (a start-up given up on)
+    budget: SpawnBudget = field(init=False)
 
     def __post_init__(self) -> None:
         if self.workers_wanted < 1:
             raise ValueError("workers_wanted must be >= 1")
+        self.budget = self._fresh_budget()
 
     # ------------------------------------------------------------------------------------------ dispatch
 
@@ -237,8 +146,47 @@ class Policy:
         """Apply one event and return the actions to carry out, in order."""
         out: list[Action] = []
         match event:
-            case Start(now):
-                self._start(now, out)
+            case Start() | StopSignal() | StopRequested() | ReloadRequested() | ScaleRequested() | ConfigReloaded() \
+                    | ConfigRefused() | HostDrainRequested() | HostDrainCancelled() | PingAll():
+                self._asked(event, out)
+            case LoaderForked() | LoaderReady() | LoaderBootError() | LoaderExited():
+                self._from_loader(event, out)
+            case Tick():
+                pass
+            case _:
+                self._from_worker(event, out)
+        self._timers(event.now, out)
+        self._retire_loaders(out)
+        return out
+
+    def _asked(self, event: Event, out: list[Action]) -> None:
+        """What the primary, its signals and its control socket ask for."""
+        match event:
+            case Start(now, subreaper):
+                self._start(now, subreaper, out)
+            case StopSignal(now, name):
+                self._stop_signal(now, name, out)
+            case StopRequested(now, graceful, by):
+                self._stop_requested(now, graceful, by, out)
+            case ReloadRequested(now, reason, ticket):
+                self._reload_requested(now, reason, ticket, out)
+            case ScaleRequested(delta, now):
+                self._scale(delta, now, out)
+            case ConfigReloaded(now, old, new):
+                self._reconfigure(now, old, new, out)
+            case ConfigRefused(_now, error):
+                self.config_error = error
+                out.append(Report("reload", f"SIGHUP: config not reloaded, keeping the running settings: {error}",
+                                  warning=True))
+            case HostDrainRequested(now, then_stop, ticket, by):
+                self._host_drain_requested(now, then_stop, ticket, by, out)
+            case HostDrainCancelled(_now, ticket):
+                self._host_drain_cancelled(ticket, out)
+            case PingAll(now):
+                self._ping_now([w for w in self.workers.values() if w.serving], now)
+
+    def _from_worker(self, event: Event, out: list[Action]) -> None:
+        match event:
             case WorkerForked(wid, pid, _now):
                 if wid in self.workers:
                     self.workers[wid].pid = pid
@@ -257,18 +205,9 @@ class Policy:
                     self._kill(w, f"broke the channel protocol: {reason}", out, Cause.CRASH)
             case WorkerExited(wid, ended, now):
                 self._exited(wid, ended, now, out)
-            case ReloadRequested(now, reason):
-                self._reload_requested(now, reason, out)
-            case ScaleRequested(delta, now):
-                self._scale(delta, now, out)
-            case StopRequested(now, graceful):
-                self._stop(now, graceful, out)
-            case HostDrainRequested(now, seconds, then_stop):
-                self._host_drain(now, seconds, then_stop, out)
-            case HostDrainCancelled(now):
-                if self.host_draining and self.phase not in (PoolPhase.STOPPING, PoolPhase.EXITED):
-                    self.host_draining, self.host_drain_until, self.host_drain_then_stop = False, None, False
-                    out.append(Report("drain", "host drain cancelled: taking traffic again"))
+
+    def _from_loader(self, event: Event, out: list[Action]) -> None:
+        match event:
             case LoaderForked(generation, pid, _now):
                 if generation in self.loaders:
                     self.loaders[generation].pid = pid
@@ -279,48 +218,102 @@ class Policy:
                     self.loaders[generation].boot_error = error
             case LoaderExited(generation, ended, now):
                 self._loader_exited(generation, ended, now, out)
-            case PingAll(now):
-                for w in self.workers.values():
-                    if w.state is WorkerState.READY and w.kill_reason is None and w.ping_sent_at is None:
-                        w.next_ping_at = now
-            case Tick():
-                pass
-        self._timers(event.now, out)
-        self._retire_loaders(out)
-        return out
+
+    # --------------------------------------------------------------------------------------------- waits
 
     def next_deadline(self) -> float | None:
         """The earliest time at which a :class:`Tick` would change something (None: nothing pending)."""
-        times: list[float] = []
+        return min((when for when, _fire in self._waits()), default=None)
+
+    def _timers(self, now: float, out: list[Action]) -> None:
+        for when, fire in self._waits():  # lazily: what fires first changes what is waited for after it
+            if now >= when:
+                fire(now, out)
+
+    def _waits(self) -> Iterator[tuple[float, Fire]]:
+        """Everything the policy waits for, as (when, what to do then), in the order they fire."""
         t = self.timing
-        for w in self.workers.values():
-            if w.kill_reason is not None:
-                continue
-            if w.state is WorkerState.BOOTING:
-                times.append(w.spawned_at + t.boot_timeout)
-            elif w.state is WorkerState.READY and self.phase is not PoolPhase.STOPPING:
-                if w.ping_sent_at is not None:
-                    times.append(w.ping_sent_at + t.health_timeout)
-                else:
-                    times.append(w.next_ping_at)
-                if w.max_age is not None and w.ready_at is not None and self._may_recycle(w):
-                    times.append(max(w.ready_at + w.max_age, w.recycle_after))
-            elif (w.state is WorkerState.DRAINING and w.draining_since is not None
-                  and self.phase is not PoolPhase.STOPPING):  # stopping: stop_deadline ends every drain
-                times.append(w.draining_since + t.graceful_timeout)
-        for s in self.slots.values():
-            if s.retry_at is not None:
-                times.append(s.retry_at)
-        for loader in self.loaders.values():
-            if not loader.ready and loader.kill_reason is None:
-                times.append(loader.spawned_at + t.boot_timeout)
-        if self.stop_deadline is not None:
-            times.append(self.stop_deadline)
-        if self.host_drain_until is not None:
-            times.append(self.host_drain_until)
         if self.roll is not None and (watch := self.roll.canary) is not None:
-            times.append(watch.until if watch.collect_until is None else watch.collect_until)
-        return min(times) if times else None
+            # First: the pings it asks for go out with the workers' waits below.
+            yield watch.due_at(self.workers.values()), partial(self._canary_due, watch)
+        if self.drain.until is not None:
+            yield self.drain.until, self._drain_over
+        if self.stop_deadline is not None:
+            yield self.stop_deadline, self._stop_overdue
+        for loader in list(self.loaders.values()):
+            if not loader.ready and loader.kill_reason is None:
+                yield loader.spawned_at + t.boot_timeout, partial(self._loader_boot_overdue, loader)
+        for w in list(self.workers.values()):
+            yield from self._worker_waits(w)
+        if self.phase in (PoolPhase.RUNNING, PoolPhase.STARTING):
+            for slot in list(self.slots.values()):
+                if slot.retry_at is not None:
+                    yield slot.retry_at, partial(self._retry_slot, slot)
+        if self.watchdog_interval and self.phase is not PoolPhase.EXITED:
+            yield self.watchdog_at, self._watchdog_due
+
+    def _worker_waits(self, w: Worker) -> Iterator[tuple[float, Fire]]:
+        t = self.timing
+        if w.kill_reason is not None:
+            return
+        if w.state is WorkerState.BOOTING:
+            yield w.spawned_at + t.boot_timeout, partial(
+                self._kill_at, w, f"not ready within boot_timeout ({t.boot_timeout:g}s)", Cause.BOOT)
+        elif w.state is WorkerState.READY and self.phase is not PoolPhase.STOPPING:
+            if w.ping_sent_at is not None:
+                yield w.ping_sent_at + t.health_timeout, partial(
+                    self._kill_at, w, f"no pong within health_timeout ({t.health_timeout:g}s)", Cause.HEALTH)
+            else:
+                yield w.next_ping_at, partial(self._send_ping, w)
+            if w.max_age is not None and w.ready_at is not None and self._may_recycle(w):
+                yield max(w.ready_at + w.max_age, w.recycle_after), partial(self._judge, w)
+        elif (w.state is WorkerState.DRAINING and w.draining_since is not None
+              and self.phase is not PoolPhase.STOPPING):  # stopping: stop_deadline ends every drain
+            yield w.draining_since + t.graceful_timeout, partial(
+                self._kill_at, w, f"still draining after graceful_timeout ({t.graceful_timeout:g}s)", None)
+
+    @staticmethod
+    def _answer(out: list[Action], answer: Answer) -> None:
+        """Answer a control request (a request with no ticket, from a signal, waits for no answer)."""
+        if answer.ticket is not None:
+            out.append(answer)
+
+    def _kill_at(self, w: Worker, reason: str, cause: Cause | None, _now: float, out: list[Action]) -> None:
+        if w.kill_reason is None:
+            self._kill(w, reason, out, cause)
+
+    def _send_ping(self, w: Worker, now: float, out: list[Action]) -> None:
+        w.ping_seq += 1
+        w.ping_sent_at = now
+        out.append(Ping(w.wid, w.ping_seq))
+
+    def _retry_slot(self, slot: Slot, now: float, out: list[Action]) -> None:
+        if slot.retry_at is not None and now >= slot.retry_at:
+            slot.retry_at = None
+            self._respawn(slot, now, out)
+
+    def _stop_overdue(self, _now: float, out: list[Action]) -> None:
+        self.stop_deadline = None
+        for w in list(self.workers.values()):
+            if w.kill_reason is None:
+                self.killed_on_stop += 1
+                self._kill(w, "still running after graceful_timeout", out)
+        for loader in self.loaders.values():
+            self._kill_loader(loader, "still running after graceful_timeout", out)
+
+    def _loader_boot_overdue(self, loader: Loader, _now: float, out: list[Action]) -> None:
+        self._kill_loader(loader, f"app not imported within boot_timeout ({self.timing.boot_timeout:g}s)", out)
+
+    def _watchdog_due(self, now: float, out: list[Action]) -> None:
+        """Starting, stopping and reloading have their own timeouts; while running, the watchdog is fed only while
+        some worker proved within two watchdog intervals that its serving loop turns."""
+        interval = self.watchdog_interval or 0.0
+        self.watchdog_at = now + interval
+        if self.phase is not PoolPhase.RUNNING or self.healthy(now, interval * 2):
+            out.append(FeedWatchdog())
+        else:
+            out.append(Report("watchdog", "no worker answered a health ping within WatchdogSec: not feeding the "
+                              "watchdog", warning=True))
 
     # -------------------------------------------------------------------------------------------- views
 
@@ -335,31 +328,31 @@ class Policy:
 
     def ready_count(self) -> int:
         """Workers that serve: ready, and not being killed (a SIGKILLed worker keeps its state until it exits)."""
-        return sum(1 for w in self.workers.values() if w.state is WorkerState.READY and w.kill_reason is None)
+        return sum(1 for w in self.workers.values() if w.serving)
 
     def healthy(self, now: float, window: float) -> bool:
         """True when some ready worker proved its serving loop turns within ``window`` seconds."""
-        for w in self.workers.values():
-            if w.state is not WorkerState.READY or w.kill_reason is not None:
-                continue
-            seen = max(w.last_pong_at or 0.0, w.ready_at or 0.0)
-            if now - seen <= window:
-                return True
-        return False
+        return any(now - max(w.last_pong_at or 0.0, w.ready_at or 0.0) <= window
+                   for w in self.workers.values() if w.serving)
 
     # ----------------------------------------------------------------------------------------- handlers
 
-    def _start(self, now: float, out: list[Action]) -> None:
+    def _start(self, now: float, subreaper: bool, out: list[Action]) -> None:
         if self.phase is not PoolPhase.IDLE:
             return
+        if self.preload and not subreaper:
+            # Workers a loader double-forks would not be the primary's children: fork them from the primary.
+            out.append(Report("start", "cannot become a child subreaper: falling back to mode lazy", warning=True))
+            self.preload = False
         self.phase = PoolPhase.STARTING
+        out.append(ExtendTimeout(self.timing.start_extension))
         for index in range(self.workers_wanted):
             self.slots[index] = Slot(index=index, generation=self.generation)
             self._spawn(index, self.generation, now, out)
 
     def _spawn(self, slot: int, generation: int, now: float, out: list[Action]) -> int | None:
         """Fork a worker into ``slot``; in preload mode first make sure the generation's loader is ready."""
-        if self.phase in (PoolPhase.STOPPING, PoolPhase.EXITED):
+        if self.phase.stopping:
             return None  # nothing is forked once a stop has begun
         s = self.slots[slot]
         s.retry_at = None
@@ -373,8 +366,15 @@ class Policy:
         self.workers[wid] = Worker(
             wid=wid, slot=slot, generation=generation, state=WorkerState.BOOTING, spawned_at=now
         )
+        self._extend_roll_timeout(out)
         out.append(Spawn(wid, slot, generation))
         return wid
+
+    def _extend_roll_timeout(self, out: list[Action]) -> None:
+        """A roll boots one worker at a time, each within boot_timeout: systemd's reload timeout is pushed out as
+        long as the roll makes progress (a roll that stops making progress is bounded by the policy's timers)."""
+        if self.roll is not None:
+            out.append(ExtendTimeout(self.timing.roll_step_extension))
 
     # ------------------------------------------------------------------------------------------ loaders
 
@@ -457,7 +457,7 @@ class Policy:
         w.next_ping_at = now + self.timing.health_interval
         w.request_limit = recycling.request_limit(self.limits, self.rng)
         w.max_age = recycling.lifetime(self.limits, self.rng)
-        out.append(Report("ready", f"worker {self._name(w)} ready", wid))
+        out.append(Report("ready", f"worker {w.name} ready", wid))
         if self.phase is PoolPhase.STOPPING:
             self._retire(w, now, "pool stopping", out, Cause.STOP)
             return
@@ -468,7 +468,7 @@ class Policy:
             w.predecessor = None
             if old is not None:
                 old.successor = None
-                if old.state is WorkerState.READY and old.kill_reason is None:
+                if old.serving:
                     self._retire(old, now, old.replace_reason or "replaced", out, old.cause)
         if self.roll is not None and self.roll.booting_wid == wid:
             self._roll_slot_done(w, now, out)
@@ -492,9 +492,8 @@ class Policy:
         w.busy_threads, w.threads = pong.busy_threads, pong.threads
         if pong.traffic is not None:
             w.traffic, w.traffic_at = pong.traffic, now
-            watch = self.roll.canary if self.roll is not None else None
-            if watch is not None and w.wid != watch.wid and w.wid not in watch.base and now >= watch.started_at:
-                watch.base[w.wid] = pong.traffic  # an old worker's counts at the window's start
+            if self.roll is not None and self.roll.canary is not None:
+                self.roll.canary.note(w.wid, pong.traffic, now)  # an old worker's counts at the window's start
         if pong.rss is not None:
             w.rss = pong.rss
             w.rss_over = recycling.rss_over(self.limits, pong.rss, w.rss_over)
@@ -544,7 +543,7 @@ class Policy:
             return
         w.cause, w.replace_reason = cause, reason
         event = "request_timeout" if cause is Cause.REQUEST_TIMEOUT else "recycle"
-        out.append(Report(event, f"replacing worker {self._name(w)}: {reason}", w.wid,
+        out.append(Report(event, f"replacing worker {w.name}: {reason}", w.wid,
                           warning=cause is Cause.REQUEST_TIMEOUT, cause=cause))
         new = self._spawn(w.slot, generation, now, out)
         assert new is not None  # a running pool with a ready loader (or in lazy mode) always forks
@@ -563,9 +562,9 @@ class Policy:
         if slot is not None:
             slot.deaths[cause] = slot.deaths.get(cause, 0) + 1
         if expected and ended.as_told:  # drained and ended as told: say why it was asked to
-            message = f"worker {self._name(w)} stopped ({cause.value})"
+            message = f"worker {w.name} stopped ({cause.value})"
         else:
-            message = (f"worker {self._name(w)} {'exited' if expected else 'died'}: {description}"
+            message = (f"worker {w.name} {'exited' if expected else 'died'}: {description}"
                        + (f" ({why})" if why != description else ""))
         out.append(WorkerEnded(w.pid, w.slot, w.generation, cause, expected, ended.signal, message))
         if w.successor is not None and (successor := self.workers.get(w.successor)) is not None:
@@ -576,9 +575,12 @@ class Policy:
             self._maybe_exit(out)
             return
         self._stopped_accepting(wid, now, out)
-        if expected or slot is None:
-            return
-        # An unexpected death.
+        if not expected and slot is not None:
+            self._died(w, slot, why, now, out)
+
+    def _died(self, w: Worker, slot: Slot, why: str, now: float, out: list[Action]) -> None:
+        """An unexpected death: the reload or the start-up it belonged to fails, or its slot is refilled."""
+        wid = w.wid
         if self.roll is not None and self.roll.booting_wid == wid:
             self._roll_failed(f"new worker for slot {w.slot} failed to boot: {why}", now, out)
             return
@@ -608,29 +610,28 @@ class Policy:
             self._respawn(slot, now, out)
         else:
             slot.retry_at = now + delay
-            out.append(
-                Report(
-                    "backoff",
-                    f"slot {w.slot} failed to boot {slot.failures} times in a row; next try in {delay:g}s",
-                    warning=True,
-                )
-            )
+            out.append(Report("backoff", f"slot {w.slot} failed to boot {slot.failures} times in a row; next try in "
+                              f"{delay:g}s", warning=True))
+
+    def _fresh_budget(self) -> SpawnBudget:
+        """The pool-wide spawn budget: max_spawn_rate forks a second, a burst of one per worker (at least two)."""
+        return SpawnBudget(rate=self.timing.max_spawn_rate, burst=float(max(2, self.workers_wanted)))
+
+    def _rebudget(self) -> None:
+        """The timing or the number of workers changed: the same bucket, its new size (what is spent stays so)."""
+        fresh = self._fresh_budget()
+        fresh.tokens = min(self.budget.tokens, fresh.burst) if self.budget.tokens >= 0 else -1.0
+        fresh.updated = self.budget.updated
+        self.budget = fresh
 
     def _respawn(self, slot: Slot, now: float, out: list[Action]) -> None:
         """Refill a slot within the pool-wide spawn budget; a pool with nothing serving or booting is exempt."""
-        self.budget.rate = self.timing.max_spawn_rate
-        self.budget.burst = float(max(2, self.workers_wanted))
-        if self.budget.take(now) or not self._anything_serving_or_booting():
+        if self.budget.take(now) or not any(w.live for w in self.workers.values()):
             self._spawn(slot.index, slot.generation, now, out)
             return
         slot.retry_at = self.budget.next_at(now)
         out.append(Report("spawn_rate", f"slot {slot.index}: max_spawn_rate reached, replacing in "
                           f"{slot.retry_at - now:.2f}s", warning=True))
-
-    def _anything_serving_or_booting(self) -> bool:
-        return any(
-            w.state is not WorkerState.DRAINING and w.kill_reason is None for w in self.workers.values()
-        )
 
     def _stopped_accepting(self, wid: int, now: float, out: list[Action]) -> None:
         roll = self.roll
@@ -647,14 +648,33 @@ class Policy:
 
     # ------------------------------------------------------------------------------------------- reload
 
-    def _reload_requested(self, now: float, reason: str, out: list[Action]) -> None:
-        if self.phase in (PoolPhase.STOPPING, PoolPhase.EXITED, PoolPhase.IDLE):
+    def _reload_requested(self, now: float, reason: str, ticket: int | None, out: list[Action]) -> None:
+        """A reload rolls at once, or is queued behind the roll or start-up in progress; refused once stopping."""
+        if self.phase.stopping:
+            self._answer(out, Answer(ticket, refused=hostdrain.STOPPING))
             return
-        if self.roll is not None or self.phase is PoolPhase.STARTING:
+        queued = self.roll is not None or self.phase is PoolPhase.STARTING
+        self._answer(out, Answer(ticket, generation=self.queued_generation, queued=queued))
+        if self.phase is PoolPhase.IDLE:
+            return
+        if queued:
             self.reload_pending = True
             out.append(Report("reload", f"{reason}: queued until the current roll or start-up is done"))
             return
         self._begin_roll(now, reason, out)
+
+    def _reconfigure(self, now: float, old: Settings, new: Settings, out: list[Action]) -> None:
+        """SIGHUP's fresh settings: the policy decides with them from now on, scales to their workers, reloads."""
+        change = tuning.reconfigure(old, new, self.watchdog_interval)
+        self.config_error = None
+        if change.restart_only:
+            out.append(Report("reload", f"SIGHUP: {', '.join(change.restart_only)} changed; that takes effect on "
+                              "restart", warning=True))
+        self.timing, self.limits, self.canary_rules = change.timing, change.limits, change.canary_rules
+        self._rebudget()
+        if change.workers_delta:
+            self._scale(change.workers_delta, now, out)
+        self._reload_requested(now, "SIGHUP", None, out)
 
     def _begin_roll(self, now: float, reason: str, out: list[Action]) -> None:
         self._last_generation += 1
@@ -753,14 +773,13 @@ class Policy:
         seconds = self.canary_rules.seconds
         roll.canary = canary.Watch(new.wid, now, now + seconds)
         out.append(CapShare(new.wid, True))  # its share of the requests, not what an idle worker would win
-        out.append(Report("canary", f"worker {self._name(new)} is the canary: watching it for {seconds:g}s "
+        out.append(Report("canary", f"worker {new.name} is the canary: watching it for {seconds:g}s "
                           "before rolling on", new.wid))
         self._ping_now(self._canary_old_workers(roll.canary), now)  # their counts at the window's start
 
     def _canary_old_workers(self, watch: canary.Watch) -> list[Worker]:
         generation = self.roll.generation if self.roll is not None else self.generation
-        return [w for w in self.workers.values() if w.wid != watch.wid and w.state is WorkerState.READY
-                and w.kill_reason is None and w.generation != generation]
+        return [w for w in self.workers.values() if w.wid != watch.wid and w.serving and w.generation != generation]
 
     @staticmethod
     def _ping_now(workers: list[Worker], now: float) -> None:
@@ -768,40 +787,23 @@ class Policy:
             if w.ping_sent_at is None:
                 w.next_ping_at = now
 
-    def _canary_timer(self, watch: canary.Watch, now: float, out: list[Action]) -> None:
+    def _canary_due(self, watch: canary.Watch, now: float, out: list[Action]) -> None:
         if watch.collect_until is None:
-            if now < watch.until:
-                return
             # The window is over: ask the canary and every old worker for their counts; judge when all answered.
             watch.collect_until = now + self.timing.health_timeout
             new = self.workers.get(watch.wid)
             self._ping_now([*self._canary_old_workers(watch), *([new] if new is not None else [])], now)
             return
-        involved = [w for w in self.workers.values() if w.wid == watch.wid or w.wid in watch.base]
-        if all(self._reported_since(w, watch.until) for w in involved) or now >= watch.collect_until:
-            self._canary_judge(watch, now, out)
-
-    @staticmethod
-    def _reported_since(w: Worker, when: float) -> bool:
-        return max(w.last_pong_at or 0.0, w.traffic_at or 0.0) >= when
-
-    def _canary_judge(self, watch: canary.Watch, now: float, out: list[Action]) -> None:
         new = self.workers.get(watch.wid)
         if new is None:
             return  # its exit is handled by _exited
-        if not self._reported_since(new, watch.until):
+        verdict = watch.verdict(self.workers, self.canary_rules)
+        if verdict is None:
             if new.kill_reason is None:  # its serving loop does not answer: as the health check would, kill it
                 self._kill(new, f"no pong within health_timeout ({self.timing.health_timeout:g}s)", out, Cause.HEALTH)
             self._canary_rollback(new, f"canary: the canary did not report its counts within health_timeout "
                                   f"({self.timing.health_timeout:g}s) after its window", now, out)
             return
-        old = Traffic()
-        for w in self.workers.values():
-            base = watch.base.get(w.wid)
-            if base is not None and w.traffic is not None and self._reported_since(w, watch.until):
-                old = old + w.traffic.since(base)
-        counted = new.traffic or Traffic()  # an engine without HTTP counts: nothing to judge
-        verdict = canary.judge(old, counted, self.canary_rules)
         if not verdict.ok:
             out.append(CanaryJudged(new.wid, verdict, f"generation {new.generation} rolled back: {verdict.reason}"))
             self._canary_rollback(new, f"canary: {verdict.reason}", now, out)
@@ -827,7 +829,7 @@ class Policy:
     # -------------------------------------------------------------------------------------------- scale
 
     def _scale(self, delta: int, now: float, out: list[Action]) -> None:
-        if self.phase in (PoolPhase.STOPPING, PoolPhase.EXITED):
+        if self.phase.stopping:
             return
         self.pending_scale += delta
         if self.roll is None and self.phase is PoolPhase.RUNNING:
@@ -851,10 +853,29 @@ class Policy:
                     self._retire(w, now, "scaled down", out, Cause.SCALE)
             out.append(Report("scale", f"workers: {self.workers_wanted} (removed slot {index})"))
             delta += 1
+        self._rebudget()
 
     # --------------------------------------------------------------------------------------------- stop
 
-    def _stop(self, now: float, graceful: bool, out: list[Action], reason: str = "stopped") -> None:
+    def _stop_signal(self, now: float, name: str, out: list[Action]) -> None:
+        """SIGTERM or SIGINT: balancers first when they check health here, else a graceful stop; once stopping,
+        a fast stop."""
+        if self.drain.precedes_stop(self.health_endpoint, self.timing.drain_seconds, self.phase):
+            out.append(Report("stop", f"{name}: draining the host for {self.timing.drain_seconds:g}s, then a "
+                              f"graceful stop (another {name} stops at once)"))
+            self._host_drain_requested(now, True, None, None, out)
+            return
+        out.append(Report("stop", f"{name}: graceful stop"))
+        self._stop_requested(now, not self.phase.stopping, None, out)
+
+    def _stop_requested(self, now: float, graceful: bool, by: str | None, out: list[Action]) -> None:
+        if by is not None:
+            out.append(Report("stop", f"{by}: {'graceful' if graceful else 'fast'} stop"))
+        if not self.phase.stopping:
+            out.append(Stopping("stopping: draining workers", self.timing.stop_extension))
+        self._stop(now, graceful, out)
+
+    def _stop(self, now: float, graceful: bool, out: list[Action], failure: str | None = None) -> None:
         if self.phase is PoolPhase.EXITED:
             return
         if self.phase is PoolPhase.STOPPING:
@@ -862,11 +883,11 @@ class Policy:
                 self._kill_everyone("fast stop", out)
             return
         self.phase = PoolPhase.STOPPING
-        self.host_draining, self.host_drain_until = True, None
-        self._stop_reason = reason
+        self.drain.for_stop()
+        self._stop_failure = failure
         if self.roll is not None:
             roll, self.roll = self.roll, None
-            out.append(ReloadFinished(roll.generation, False, "pool is stopping"))
+            out.append(ReloadFinished(roll.generation, False, "pool is stopping", serving=False))
         self.reload_pending = False
         self.stop_deadline = now + self.timing.graceful_timeout
         for slot in self.slots.values():
@@ -878,22 +899,40 @@ class Policy:
             self._kill_everyone("fast stop", out)
         self._maybe_exit(out)
 
-    def _host_drain(self, now: float, seconds: float, then_stop: bool, out: list[Action]) -> None:
-        if self.phase in (PoolPhase.STOPPING, PoolPhase.EXITED):
+    def _host_drain_requested(self, now: float, then_stop: bool, ticket: int | None, by: str | None,
+                              out: list[Action]) -> None:
+        refused = HostDrain.refusal(self.phase, self.health_endpoint)
+        if refused is not None:
+            self._answer(out, Answer(ticket, refused=refused))
             return
-        self.host_draining = True
-        self.host_drain_then_stop = self.host_drain_then_stop or then_stop
+        seconds = self.timing.drain_seconds
+        if by is not None:
+            out.append(Report("stop", f"{by}: draining the host for {seconds:g}s, then a graceful stop"))
+        if then_stop:
+            out.append(Stopping(f"draining: health checks fail for {seconds:g}s, then stopping",
+                                self.timing.drain_stop_extension))
         if then_stop and seconds <= 0:
             self._stop(now, True, out)
-            return
-        until = now + seconds
-        self.host_drain_until = until if self.host_drain_until is None else min(self.host_drain_until, until)
-        after = "then stopping" if self.host_drain_then_stop else "until cancelled"
-        out.append(Report("drain", f"host draining: health checks fail for {seconds:g}s while serving, {after}"))
+        else:
+            self.drain.begin(now, seconds, then_stop)
+            after = "then stopping" if self.drain.then_stop else "until cancelled"
+            out.append(Report("drain", f"host draining: health checks fail for {seconds:g}s while serving, {after}"))
+        self._answer(out, Answer(ticket))
+
+    def _host_drain_cancelled(self, ticket: int | None, out: list[Action]) -> None:
+        refused = self.drain.cancel_refusal(self.phase)
+        if refused is None and self.drain.cancel():
+            out.append(Report("drain", "host drain cancelled: taking traffic again"))
+        self._answer(out, Answer(ticket, refused=refused))
+
+    def _drain_over(self, now: float, out: list[Action]) -> None:
+        self.drain.until = None
+        if self.drain.then_stop:
+            self._stop(now, True, out)
 
     def _fail_start(self, reason: str, now: float, out: list[Action]) -> None:
         out.append(Report("abort", f"giving up on start: {reason}", warning=True))
-        self._stop(now, graceful=False, out=out, reason=reason)
+        self._stop(now, graceful=False, out=out, failure=reason)
 
     def _kill_everyone(self, reason: str, out: list[Action]) -> None:
         for w in list(self.workers.values()):
@@ -908,62 +947,14 @@ class Policy:
             return
         self.phase = PoolPhase.EXITED
         self.stop_deadline = None
-        if self._stop_reason != "stopped":
-            out.append(Exit(EXIT_FAILURE, self._stop_reason))
+        if self._stop_failure is not None:
+            out.append(Exit(EXIT_FAILURE, self._stop_failure))
         elif self.killed_on_stop:
             out.append(
                 Exit(EXIT_FAILURE, f"{self.killed_on_stop} worker(s) killed with requests still running")
             )
         else:
             out.append(Exit(EXIT_OK, "stopped"))
-
-    # ------------------------------------------------------------------------------------------- timers
-
-    def _timers(self, now: float, out: list[Action]) -> None:
-        t = self.timing
-        if self.roll is not None and self.roll.canary is not None:
-            self._canary_timer(self.roll.canary, now, out)  # first: the pings it asks for go out below
-        if self.host_drain_until is not None and now >= self.host_drain_until:
-            self.host_drain_until = None
-            if self.host_drain_then_stop:
-                self._stop(now, True, out)
-        if self.stop_deadline is not None and now >= self.stop_deadline:
-            self.stop_deadline = None
-            for w in list(self.workers.values()):
-                if w.kill_reason is None:
-                    self.killed_on_stop += 1
-                    self._kill(w, "still running after graceful_timeout", out)
-            for loader in self.loaders.values():
-                self._kill_loader(loader, "still running after graceful_timeout", out)
-        for loader in self.loaders.values():
-            if not loader.ready and loader.kill_reason is None and now >= loader.spawned_at + t.boot_timeout:
-                self._kill_loader(loader, f"app not imported within boot_timeout ({t.boot_timeout:g}s)", out)
-        for w in list(self.workers.values()):
-            if w.kill_reason is not None:
-                continue
-            if w.state is WorkerState.BOOTING and now >= w.spawned_at + t.boot_timeout:
-                self._kill(w, f"not ready within boot_timeout ({t.boot_timeout:g}s)", out, Cause.BOOT)
-            elif w.state is WorkerState.READY and self.phase is not PoolPhase.STOPPING:
-                if w.ping_sent_at is not None and now >= w.ping_sent_at + t.health_timeout:
-                    self._kill(w, f"no pong within health_timeout ({t.health_timeout:g}s)", out, Cause.HEALTH)
-                elif w.ping_sent_at is None and now >= w.next_ping_at:
-                    w.ping_seq += 1
-                    w.ping_sent_at = now
-                    out.append(Ping(w.wid, w.ping_seq))
-                if w.max_age is not None and w.ready_at is not None and now >= w.ready_at + w.max_age:
-                    self._judge(w, now, out)
-            elif (
-                w.state is WorkerState.DRAINING
-                and w.draining_since is not None
-                and now >= w.draining_since + t.graceful_timeout
-                and self.phase is not PoolPhase.STOPPING
-            ):
-                self._kill(w, f"still draining after graceful_timeout ({t.graceful_timeout:g}s)", out)
-        if self.phase in (PoolPhase.RUNNING, PoolPhase.STARTING):
-            for slot in self.slots.values():
-                if slot.retry_at is not None and now >= slot.retry_at:
-                    slot.retry_at = None
-                    self._respawn(slot, now, out)
 
     # ---------------------------------------------------------------------------------------- utilities
 
@@ -990,7 +981,7 @@ class Policy:
         if cause is not None:
             w.cause = cause
         out.append(Signal(w.wid, signal.SIGKILL, reason))
-        out.append(Report("kill", f"killing worker {self._name(w)}: {reason}", w.wid, warning=True))
+        out.append(Report("kill", f"killing worker {w.name}: {reason}", w.wid, warning=True))
 
     def _kill_loader(self, loader: Loader, reason: str, out: list[Action]) -> None:
         if loader.kill_reason is None:
@@ -998,17 +989,8 @@ class Policy:
             out.append(SignalLoader(loader.generation, signal.SIGKILL, reason))
 
     def _slot_has_live_worker(self, index: int) -> bool:
-        return any(
-            w.slot == index and w.state is not WorkerState.DRAINING and w.kill_reason is None
-            for w in self.workers.values()
-        )
+        return any(w.slot == index and w.live for w in self.workers.values())
 
     def _all_slots_ready(self) -> bool:
         ready = {w.slot for w in self.workers.values() if w.state is WorkerState.READY}
         return all(index in ready for index in self.slots)
-
-    @staticmethod
-    def _name(w: Worker) -> str:
-        if w.pid is None:  # preload: forked by its loader, not named yet
-            return f"#{w.wid} (not yet named by its loader; slot {w.slot}, generation {w.generation})"
-        return f"{w.pid} (slot {w.slot}, generation {w.generation})"

@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from corepool.crashpolicy import Cause
+from corepool.health import verdict
 from corepool.policy import Policy, counted
 from corepool.traffic import BUCKETS
 
@@ -69,12 +70,20 @@ def snapshot(p: Policy, now: float, **pool: Any) -> dict[str, Any]:
     }
 
 
+def health(p: Policy, address: str | None, now: float) -> dict[str, Any]:
+    """The health endpoint as ``corepool status`` shows it: its address, its answer now, and a host drain."""
+    v = verdict(p)
+    until = p.drain.until
+    return {"address": address, "code": v.code, "reason": v.reason, "draining": p.drain.draining,
+            "then_stop": p.drain.then_stop, "drain_left": None if until is None else round(max(0.0, until - now), 3)}
+
+
 def line(p: Policy, requests: int, broadcast: str | None = None) -> str:
     """The one-line summary systemd shows as the unit's status (``broadcast``: the backend's note, if any)."""
     text = (f"{p.ready_count()}/{p.workers_wanted} workers ready, generation {p.generation}, "
             f"{counted(requests, 'request')}")
-    if p.host_draining and p.phase.value not in ("stopping", "exited"):
-        text += "; host draining (health 503)" + (", then stopping" if p.host_drain_then_stop else "")
+    if p.drain.draining and not p.phase.stopping:
+        text += "; host draining (health 503)" + (", then stopping" if p.drain.then_stop else "")
     if p.reloading and p.roll is not None:
         text += f"; reloading to generation {p.roll.generation}"
     elif p.last_reload is not None:

@@ -14,8 +14,9 @@ from corepool.policy import Policy, Timing
 from tests.unit.test_policy import BOOT_FAILED, EXITED_0, Harness, kinds
 
 
-def harness(workers: int = 2, limits: recycling.Limits | None = None, **timing: float) -> Harness:
-    h = Harness(workers=workers, **timing)
+def harness(workers: int = 2, limits: recycling.Limits | None = None, health_endpoint: bool = False,
+            **timing: float) -> Harness:
+    h = Harness(workers=workers, health_endpoint=health_endpoint, **timing)
     if limits is not None:
         h.policy.limits = limits
     return h
@@ -217,11 +218,11 @@ def test_policy_without_limits_has_defaults() -> None:
 
 
 def test_a_host_drain_serves_on_then_stops_gracefully() -> None:
-    h = harness(workers=2)
+    h = harness(workers=2, health_endpoint=True, drain_seconds=10.0)
     h.start()
     h.ready_all()
-    out = h.feed(ev.HostDrainRequested(1.0, 10.0, then_stop=True))
-    assert h.policy.host_draining and not kinds(out, ev.Signal), "still serving while balancers move away"
+    out = h.feed(ev.HostDrainRequested(1.0, then_stop=True))
+    assert h.policy.drain.draining and not kinds(out, ev.Signal), "still serving while balancers move away"
     assert h.policy.next_deadline() == pytest.approx(min(10.0, 11.0))  # the first ping, then the drain's end
     out = h.at(11.0)
     assert {a.signum for a in kinds(out, ev.Signal)} == {signal.SIGTERM}  # type: ignore[attr-defined]
@@ -229,20 +230,20 @@ def test_a_host_drain_serves_on_then_stops_gracefully() -> None:
 
 
 def test_a_host_drain_without_stop_can_be_cancelled() -> None:
-    h = harness(workers=1)
+    h = harness(workers=1, health_endpoint=True, drain_seconds=5.0)
     h.start()
     h.ready_all()
-    h.feed(ev.HostDrainRequested(1.0, 5.0, then_stop=False))
+    h.feed(ev.HostDrainRequested(1.0, then_stop=False))
     h.at(6.0)
-    assert h.policy.host_draining and h.policy.phase is p.PoolPhase.RUNNING
+    assert h.policy.drain.draining and h.policy.phase is p.PoolPhase.RUNNING
     h.feed(ev.HostDrainCancelled(7.0))
-    assert not h.policy.host_draining
+    assert not h.policy.drain.draining
 
 
 def test_a_second_stop_during_a_host_drain_stops_now() -> None:
-    h = harness(workers=1)
+    h = harness(workers=1, health_endpoint=True, drain_seconds=10.0)
     h.start()
     h.ready_all()
-    h.feed(ev.HostDrainRequested(1.0, 10.0))
+    h.feed(ev.HostDrainRequested(1.0))
     out = h.feed(ev.StopRequested(2.0, graceful=True))
     assert kinds(out, ev.Signal) and h.policy.phase is p.PoolPhase.STOPPING

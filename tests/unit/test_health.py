@@ -24,7 +24,7 @@ def running(workers: int = 2) -> Harness:
 
 
 def test_every_phase_has_its_answer_and_reason() -> None:
-    h = Harness(workers=2, health_interval=1000.0)
+    h = Harness(workers=2, health_endpoint=True, health_interval=1000.0, drain_seconds=10.0)
     assert health.verdict(h.policy) == Verdict(503, "starting: 0/0 workers ready, generation 1")
     h.start()
     first = next(iter(h.policy.workers))
@@ -37,13 +37,13 @@ def test_every_phase_has_its_answer_and_reason() -> None:
     v = health.verdict(h.policy)
     assert (v.code, v.reason) == (200, "ok: 2/2 workers ready, generation 1, reloading to generation 2")
 
-    h.feed(ev.HostDrainRequested(h.now, 10.0, False))
+    h.feed(ev.HostDrainRequested(h.now, then_stop=False))
     v = health.verdict(h.policy)
     assert v.code == 503 and v.reason.startswith("draining:") and "until cancelled" in v.reason, v
     h.feed(ev.HostDrainCancelled(h.now))
     assert health.verdict(h.policy).code == 200
 
-    h.feed(ev.HostDrainRequested(h.now, 10.0, True))
+    h.feed(ev.HostDrainRequested(h.now, then_stop=True))
     v = health.verdict(h.policy)
     assert v.code == 503 and "then stopping" in v.reason and "still serving" in v.reason, v
     h.at(h.now + 10.0)  # the drain is over: the graceful stop begins

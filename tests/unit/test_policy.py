@@ -21,8 +21,8 @@ BOOT_FAILED = exits.exited(3)
 class Harness:
     """Drives a Policy like the primary does, with fake pids and a hand-turned clock."""
 
-    def __init__(self, workers: int = 2, **timing: float) -> None:
-        self.policy = Policy(workers_wanted=workers, timing=Timing(**timing))
+    def __init__(self, workers: int = 2, health_endpoint: bool = False, **timing: float) -> None:
+        self.policy = Policy(workers_wanted=workers, timing=Timing(**timing), health_endpoint=health_endpoint)
         self.now = 0.0
         self.next_pid = 100
         self.actions: list[ev.Action] = []
