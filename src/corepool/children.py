@@ -19,7 +19,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from corepool import balance, channel, events, exits, loader, signals, worker
+from corepool import balance, channel, events, exits, loader, log, signals, worker
 from corepool.workerapi import WorkerSpec
 
 UNCLAIMED_EXITS = 1024  # exits of loader-forked workers nobody named yet, kept until their name arrives
@@ -62,10 +62,9 @@ class Hooks:
 class Children:
     """Every worker and loader of the pool, by worker id, by generation and by pid."""
 
-    def __init__(self, selector: selectors.BaseSelector, hooks: Hooks, log_spawn: Callable[[Child], None]) -> None:
+    def __init__(self, selector: selectors.BaseSelector, hooks: Hooks) -> None:
         self.selector = selector
         self.hooks = hooks
-        self.log_spawn = log_spawn
         self.workers: dict[int, Child] = {}
         self.loaders: dict[int, Child] = {}
         self.by_pid: dict[int, Child] = {}
@@ -124,6 +123,7 @@ class Children:
         self.by_pid[pid] = child
         self.selector.register(primary_end, selectors.EVENT_READ, lambda _m: self.hooks.read_loader(generation))
         self.hooks.emit(events.LoaderForked(generation, pid, now))
+        log.event("loader", f"loader {pid} spawned for generation {generation}", generation=generation)
         return child
 
     def _add_worker(self, child: Child) -> None:
@@ -140,7 +140,8 @@ class Children:
         child.pid = pid
         self.by_pid[pid] = child
         self.hooks.emit(events.WorkerForked(wid, pid, now))
-        self.log_spawn(child)
+        log.event("spawn", f"worker {pid} spawned (slot {child.slot}, generation {child.generation})",
+                  worker_pid=pid, generation=child.generation, slot=child.slot)
         for signum in child.pending:
             _kill(pid, signum)
         child.pending.clear()
@@ -163,6 +164,10 @@ class Children:
         child = self.loaders.get(generation)
         if child is not None and child.pid is not None:
             _kill(child.pid, signum)
+
+    def channels(self, wids: set[int]) -> dict[int, tuple[int | None, socket.socket]]:
+        """The pid and channel of each worker in ``wids`` (those the primary has a channel to)."""
+        return {wid: (c.pid, c.sock) for wid, c in self.workers.items() if wid in wids}
 
     def pid(self, wid: int) -> int | None:
         child = self.workers.get(wid)

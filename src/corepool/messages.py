@@ -8,10 +8,13 @@ from __future__ import annotations
 import contextlib
 import selectors
 import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from corepool import channel, events, log, traffic
+from corepool import channel, events, log, status, traffic
+from corepool.children import Children
 
 MESSAGES_PER_WAKEUP = 64  # per channel and turn of the loop
 MAX_LABEL = 200  # characters of a request's "METHOD /path" kept
@@ -49,6 +52,31 @@ def receive(sock: socket.socket, selector: selectors.BaseSelector, sender: str, 
             log.event("channel", f"dropped a message from {sender}: {exc}", warning=True)
             got.errors.append(str(exc))
     return got
+
+
+def from_worker(wid: int, pid: int | None, message: dict[str, Any], now: float,
+                boot_errors: BootErrors) -> events.Event:
+    """A worker's message as the policy's event (all but ``hello`` and ``broadcast``, which are the primary's)."""
+    kind = message["t"]
+    if kind == "ready":
+        return events.WorkerReady(wid, now)
+    if kind == "draining":
+        return events.WorkerDraining(wid, now)
+    if kind == "pong":
+        return pong(wid, message, now, status.rss_bytes(pid)) or events.WorkerMisbehaved(wid, "a malformed pong", now)
+    if kind == "boot_error":
+        return events.WorkerBootError(wid, boot_errors.note(message, worker_pid=pid), now)
+    log.event("channel", f"a message of unknown type {kind!r} from worker {pid}", warning=True)
+    return events.WorkerMisbehaved(wid, f"a message of unknown type {kind!r}", now)
+
+
+def from_loader(generation: int, message: dict[str, Any], now: float, boot_errors: BootErrors) -> events.Event | None:
+    """A loader's ``ready`` or ``boot_error`` as the policy's event (None: any other message)."""
+    if message["t"] == "ready":
+        return events.LoaderReady(generation, now)
+    if message["t"] == "boot_error":
+        return events.LoaderBootError(generation, boot_errors.note(message, generation=generation), now)
+    return None
 
 
 def pong(wid: int, message: dict[str, Any], now: float, rss: int | None) -> events.Pong | None:
@@ -89,3 +117,54 @@ class BootErrors:
             self.seen.add(detail)
             log.event("boot_error", f"{error}\n{detail.rstrip()}", warning=True, **fields)
         return error
+
+
+class Inbox:
+    """Reads the children's channels: each message becomes the policy's event (handed to ``emit``), but a pong is
+    shown to ``pong`` first (the metrics counters) and a broadcast goes to ``relay``; hello and forked name a
+    worker (:mod:`corepool.children`)."""
+
+    def __init__(self, selector: selectors.BaseSelector, emit: Callable[[events.Event], None], max_bytes: int,
+                 pong: Callable[[events.Pong], None], relay: Callable[[int, int | None, dict[str, Any]], None]) -> None:
+        self.selector, self.emit, self.max_bytes = selector, emit, max_bytes
+        self.on_pong, self.relay = pong, relay
+        self.boot_errors = BootErrors()
+
+    def worker(self, kids: Children, wid: int) -> None:
+        child = kids.workers.get(wid)
+        if child is None:
+            return
+        now = time.monotonic()
+        got = receive(child.sock, self.selector, f"worker {child.pid}", self.max_bytes)
+        for message in got.messages:
+            if message["t"] == "hello":
+                if isinstance(message.get("pid"), int) and message["pid"] > 0:
+                    kids.named(wid, message["pid"], now)
+            elif message["t"] == "broadcast":
+                self.relay(wid, child.pid, message)
+            else:
+                event = from_worker(wid, child.pid, message, now, self.boot_errors)
+                if isinstance(event, events.Pong):
+                    self.on_pong(event)
+                self.emit(event)
+        if got.errors:
+            self.emit(events.WorkerMisbehaved(wid, got.errors[0], now))
+        if got.closed and child.pid is None:
+            # Its only holder (the worker, or the loader about to fork it) is gone before anyone named it.
+            kids.lost(wid, "gone before its pid was known", now)
+
+    def loader(self, kids: Children, generation: int) -> None:
+        child = kids.loaders.get(generation)
+        if child is None:
+            return
+        now = time.monotonic()
+        got = receive(child.sock, self.selector, f"the loader of generation {generation}", self.max_bytes)
+        for message in got.messages:
+            if message["t"] == "forked" and isinstance(wid := message.get("wid"), int) \
+                    and isinstance(pid := message.get("pid"), int):
+                if pid > 0:
+                    kids.named(wid, pid, now)
+                else:
+                    kids.lost(wid, "the loader could not fork it", now)
+            elif (event := from_loader(generation, message, now, self.boot_errors)) is not None:
+                self.emit(event)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import selectors
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import (
     CollectorRegistry,
@@ -35,6 +35,7 @@ from corepool.traffic import Traffic
 
 if TYPE_CHECKING:
     from corepool.policy import Policy
+    from corepool.relay import Relay
 
 NAME = "metrics"  # the socket name that makes a listener the metrics endpoint
 MAX_CONNECTIONS = 8  # scrapers at once; beyond, the oldest connection is closed
@@ -99,6 +100,12 @@ class Broadcasts:
     relayed: int = 0
     dropped: int = 0
     backend_up: int | None = None  # the cross-host backend (Redis): 1 connected, 0 not; None: local only
+
+    @classmethod
+    def of(cls, relay: Relay, backend: dict[str, Any]) -> Broadcasts:
+        """The relay's counts (``relayed``, ``dropped``) and the backend's ``status()``."""
+        up = None if backend["backend"] == "local" else int(bool(backend.get("connected")))
+        return cls(relay.relayed, relay.dropped, up)
 
 
 class _PoolCollector:

@@ -78,10 +78,12 @@ class Primary:
         self.broadcast = backends.make(s.broadcast, s.broadcast_channel, s.max_message_bytes)
         self.events: collections.deque[events.Event] = collections.deque()
         self.wakeup = signals.WakeupPipe()
+        self.inbox = messages.Inbox(self.selector, self.events.append, s.max_message_bytes, self._pong, self._relay)
         self.children = children.Children(self.selector, children.Hooks(
-            emit=self.events.append, read_worker=self._on_worker, read_loader=self._on_loader,
+            emit=self.events.append, read_worker=lambda wid: self.inbox.worker(self.children, wid),
+            read_loader=lambda generation: self.inbox.loader(self.children, generation),
             worker_gone=self._worker_gone, other_exited=lambda pid, ended: self.broadcast.exited(
-                pid, ended.description), private=self._private), self._log_spawn)
+                pid, ended.description), private=self._private))
         self.when_ready: Callable[..., Any] | None = None
         self.on_reload: Callable[..., Any] | None = None
         self.exit_code: int | None = None
@@ -89,7 +91,6 @@ class Primary:
         self.reload_waiters = waiters.ReloadWaiters()
         self.status_waiters = waiters.StatusWaiters()
         self.board = balance.Board()
-        self.boot_errors = messages.BootErrors()
         self.started_at = time.monotonic()
         self.subreaper = False
 
@@ -198,10 +199,7 @@ class Primary:
                 self.children.spawn_worker(wid, self._spec(slot, generation), self._named_listeners(),
                                            self.policy.preload, now)
             case events.SpawnLoader(generation):
-                child = self.children.spawn_loader(self._spec(-1, generation), self._named_listeners(), now)
-                if child is not None:
-                    log.event("loader", f"loader {child.pid} spawned for generation {generation}",
-                              generation=generation)
+                self.children.spawn_loader(self._spec(-1, generation), self._named_listeners(), now)
             case events.SignalLoader(generation, signum, _reason):
                 self.children.signal_loader(generation, signum)
             case events.Signal(wid, signum, _reason):
@@ -275,75 +273,18 @@ class Primary:
     def _named_listeners(self) -> children.Listeners:
         return [(listener.name, listener.sock) for listener in self.listeners]
 
-    def _log_spawn(self, child: children.Child) -> None:
-        log.event("spawn", f"worker {child.pid} spawned (slot {child.slot}, generation {child.generation})",
-                  worker_pid=child.pid, generation=child.generation, slot=child.slot)
+    def _pong(self, pong: events.Pong) -> None:
+        self.counters.report(pong.wid, pong.traffic, pong.connections)
 
     def _worker_gone(self, child: children.Child) -> None:
         self.counters.retire(child.key)  # its last counts join the pool's totals
         self.board.set(child.cell, None)
 
-    def _on_worker(self, wid: int) -> None:
-        child = self.children.workers.get(wid)
-        if child is None:
-            return
-        now = time.monotonic()
-        got = messages.receive(child.sock, self.selector, f"worker {child.pid}", self.settings.max_message_bytes)
-        for message in got.messages:
-            self._on_worker_message(child, message, now)
-        if got.errors:
-            self.events.append(events.WorkerMisbehaved(wid, got.errors[0], now))
-        if got.closed and child.pid is None and wid in self.policy.workers:
-            # Its only holder (the worker, or the loader about to fork it) is gone before anyone named it.
-            self.children.lost(wid, "gone before its pid was known", now)
-
-    def _on_worker_message(self, child: children.Child, message: dict[str, Any], now: float) -> None:
-        wid, kind = child.key, message["t"]
-        if kind == "ready":
-            self.events.append(events.WorkerReady(wid, now))
-        elif kind == "draining":
-            self.events.append(events.WorkerDraining(wid, now))
-        elif kind == "pong":
-            pong = messages.pong(wid, message, now, status.rss_bytes(child.pid))
-            if pong is not None:
-                self.counters.report(wid, pong.traffic, pong.connections)
-            self.events.append(pong or events.WorkerMisbehaved(wid, "a malformed pong", now))
-        elif kind == "hello":
-            if isinstance(message.get("pid"), int) and message["pid"] > 0:
-                self.children.named(wid, message["pid"], now)
-        elif kind == "boot_error":
-            error = self.boot_errors.note(message, worker_pid=child.pid)
-            self.events.append(events.WorkerBootError(wid, error, now))
-        elif kind == "broadcast":
-            self._relay(wid, child.pid, message)
-        else:
-            log.event("channel", f"a message of unknown type {kind!r} from worker {child.pid}", warning=True)
-            self.events.append(events.WorkerMisbehaved(wid, f"a message of unknown type {kind!r}", now))
-
-    def _on_loader(self, generation: int) -> None:
-        child = self.children.loaders.get(generation)
-        if child is None:
-            return
-        now = time.monotonic()
-        sender = f"the loader of generation {generation}"
-        for message in messages.receive(child.sock, self.selector, sender, self.settings.max_message_bytes).messages:
-            kind = message["t"]
-            if kind == "ready":
-                self.events.append(events.LoaderReady(generation, now))
-            elif kind == "boot_error":
-                error = self.boot_errors.note(message, generation=generation)
-                self.events.append(events.LoaderBootError(generation, error, now))
-            elif kind == "forked" and isinstance(message.get("wid"), int) and isinstance(message.get("pid"), int):
-                if message["pid"] > 0:
-                    self.children.named(message["wid"], message["pid"], now)
-                else:
-                    self.children.lost(message["wid"], "the loader could not fork it", now)
-
     # -------------------------------------------------------------------------------------- broadcast
 
     def _serving_channels(self) -> dict[int, tuple[int | None, Any]]:
-        return {wid: (child.pid, child.sock) for wid, child in self.children.workers.items()
-                if (w := self.policy.workers.get(wid)) is not None and w.state is not policy.WorkerState.DRAINING}
+        return self.children.channels({wid for wid, w in self.policy.workers.items()
+                                      if w.state is not policy.WorkerState.DRAINING})
 
     def _relay(self, sender: int, pid: int | None, message: dict[str, Any]) -> None:
         """To every other serving worker, through corepool.relay: bounded queues, a rate guard, never blocking."""
@@ -383,24 +324,8 @@ class Primary:
 
     def _answer(self, answer: events.Answer) -> None:
         pending = self.tickets.take(answer.ticket)
-        if pending is None:
-            return
-        if answer.refused is not None:
-            pending.reply({"ok": False, "error": answer.refused})
-        elif pending.cmd == "drain":
-            v = health.verdict(self.policy)
-            pending.reply({"ok": True, "health": v.code, "reason": v.reason,
-                           "drain_seconds": self.policy.timing.drain_seconds})
-        elif not pending.wait:
-            pending.reply({"ok": True, "generation": answer.generation, "queued": answer.queued})
-        elif answer.queued:
-            self.reload_waiters.next_reload.append(pending.reply)
-        elif (roll := self.policy.roll) is not None and roll.generation == answer.generation:
-            self.reload_waiters.wait_for(roll.generation, pending.reply)
-        else:
-            last = self.policy.last_reload
-            pending.reply({"ok": bool(last and last.ok), "generation": last.generation if last else None,
-                           "reason": last.reason if last else "no reload ran"})
+        if pending is not None:
+            waiters.answer(pending, answer, self.policy, self.reload_waiters)
 
     def _on_scrape(self, respond: metrics.Respond) -> None:
         """A Prometheus scrape: ping every ready worker, answer once they have (or after STATUS_WAIT)."""
@@ -420,11 +345,8 @@ class Primary:
         self.status_waiters.answer(time.monotonic(), pinged, self.status)
 
     def _exposition(self) -> bytes:
-        r = relay.of(self.selector)
-        backend = self.broadcast.status()
-        up = None if backend["backend"] == "local" else int(bool(backend.get("connected")))
-        return metrics.render(self.policy, self.counters, metrics.Broadcasts(r.relayed, r.dropped, up),
-                              status.rss_bytes)
+        broadcasts = metrics.Broadcasts.of(relay.of(self.selector), self.broadcast.status())
+        return metrics.render(self.policy, self.counters, broadcasts, status.rss_bytes)
 
     # ----------------------------------------------------------------------------------------- status
 

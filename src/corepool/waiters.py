@@ -9,7 +9,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from corepool import health
 from corepool.control import Reply
+from corepool.events import Answer
+from corepool.policy import Policy
 
 STATUS_WAIT = 0.25  # how long `corepool status` (or a scrape) waits for fresh pongs before answering with what it has
 
@@ -89,3 +92,23 @@ class StatusWaiters:
             else:
                 w.reply({"ok": True, "status": status()})
         self.pending = still
+
+
+def answer(pending: Pending, given: Answer, p: Policy, reloads: ReloadWaiters) -> None:
+    """Reply to a control request as control.py's table says, once the policy answered it (``p``: its state
+    after the request)."""
+    if given.refused is not None:
+        pending.reply({"ok": False, "error": given.refused})
+    elif pending.cmd == "drain":
+        v = health.verdict(p)
+        pending.reply({"ok": True, "health": v.code, "reason": v.reason, "drain_seconds": p.timing.drain_seconds})
+    elif not pending.wait:
+        pending.reply({"ok": True, "generation": given.generation, "queued": given.queued})
+    elif given.queued:
+        reloads.next_reload.append(pending.reply)
+    elif p.roll is not None and p.roll.generation == given.generation:
+        reloads.wait_for(p.roll.generation, pending.reply)
+    else:  # the roll is already over
+        last = p.last_reload
+        pending.reply({"ok": bool(last and last.ok), "generation": last.generation if last else None,
+                       "reason": last.reason if last else "no reload ran"})
