@@ -32,73 +32,25 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from corepool import canary, hostdrain, recycling, tuning
+from corepool import events as ev
 from corepool.crashpolicy import Cause, SpawnBudget, backoff
-from corepool.events import (
-    Action,
-    Answer,
-    CanaryJudged,
-    CapShare,
-    ConfigRefused,
-    ConfigReloaded,
-    Event,
-    Exit,
-    ExtendTimeout,
-    FeedWatchdog,
-    HostDrainCancelled,
-    HostDrainRequested,
-    LoaderBootError,
-    LoaderExited,
-    LoaderForked,
-    LoaderReady,
-    Ping,
-    PingAll,
-    Pong,
-    PoolReady,
-    ReloadFinished,
-    ReloadRequested,
-    ReloadStarted,
-    Report,
-    ScaleRequested,
-    SetRequestLimit,
-    Signal,
-    SignalLoader,
-    Spawn,
-    SpawnLoader,
-    Start,
-    Stopping,
-    StopRequested,
-    StopSignal,
-    Tick,
-    WorkerBootError,
-    WorkerDraining,
-    WorkerEnded,
-    WorkerExited,
-    WorkerForked,
-    WorkerMisbehaved,
-    WorkerReady,
-)
 from corepool.exits import EXIT_FAILURE, EXIT_OK, Ended
 from corepool.hostdrain import HostDrain
-from corepool.poolstate import (
-    Loader,
-    PoolPhase,
-    ReloadResult,
-    Roll,
-    Slot,
-    Timing,
-    Worker,
-    WorkerState,
-    counted,
-)
+from corepool.poolstate import Loader, PoolPhase, ReloadResult, Roll, Slot, Timing, Worker, WorkerState, counted
+from corepool.rolls import Rolls
 from corepool.settings import Settings
 
 __all__ = ["Policy", "PoolPhase", "Timing", "Worker", "WorkerState", "counted"]
 
-Fire = Callable[[float, list[Action]], None]  # what a wait does once it is due
+Fire = Callable[[float, list[ev.Action]], None]  # what a wait does once it is due
+# What the primary, its signals and its control socket ask for; what a loader says (the rest: what a worker says).
+_ASKED = (ev.Start, ev.StopSignal, ev.StopRequested, ev.ReloadRequested, ev.ScaleRequested, ev.ConfigReloaded,
+          ev.ConfigRefused, ev.HostDrainRequested, ev.HostDrainCancelled, ev.PingAll)
+_FROM_LOADER = (ev.LoaderForked, ev.LoaderReady, ev.LoaderBootError, ev.LoaderExited)
 
 
 @dataclass
-class Policy:
+class Policy(Rolls):
     """Decides who to spawn, ping, retire and kill, and how to answer the pool's operators. Feed it events with
     :meth:`handle`.
 
@@ -142,81 +94,77 @@ class Policy:
 
     # ------------------------------------------------------------------------------------------ dispatch
 
-    def handle(self, event: Event) -> list[Action]:
+    def handle(self, event: ev.Event) -> list[ev.Action]:
         """Apply one event and return the actions to carry out, in order."""
-        out: list[Action] = []
-        match event:
-            case Start() | StopSignal() | StopRequested() | ReloadRequested() | ScaleRequested() | ConfigReloaded() \
-                    | ConfigRefused() | HostDrainRequested() | HostDrainCancelled() | PingAll():
-                self._asked(event, out)
-            case LoaderForked() | LoaderReady() | LoaderBootError() | LoaderExited():
-                self._from_loader(event, out)
-            case Tick():
-                pass
-            case _:
-                self._from_worker(event, out)
+        out: list[ev.Action] = []
+        if isinstance(event, _ASKED):
+            self._asked(event, out)
+        elif isinstance(event, _FROM_LOADER):
+            self._from_loader(event, out)
+        elif not isinstance(event, ev.Tick):
+            self._from_worker(event, out)
         self._timers(event.now, out)
         self._retire_loaders(out)
         return out
 
-    def _asked(self, event: Event, out: list[Action]) -> None:
+    def _asked(self, event: ev.Event, out: list[ev.Action]) -> None:
         """What the primary, its signals and its control socket ask for."""
         match event:
-            case Start(now, subreaper):
+            case ev.Start(now, subreaper):
                 self._start(now, subreaper, out)
-            case StopSignal(now, name):
+            case ev.StopSignal(now, name):
                 self._stop_signal(now, name, out)
-            case StopRequested(now, graceful, by):
+            case ev.StopRequested(now, graceful, by):
                 self._stop_requested(now, graceful, by, out)
-            case ReloadRequested(now, reason, ticket):
+            case ev.ReloadRequested(now, reason, ticket):
                 self._reload_requested(now, reason, ticket, out)
-            case ScaleRequested(delta, now):
+            case ev.ScaleRequested(delta, now):
                 self._scale(delta, now, out)
-            case ConfigReloaded(now, old, new):
+            case ev.ConfigReloaded(now, old, new):
                 self._reconfigure(now, old, new, out)
-            case ConfigRefused(_now, error):
+            case ev.ConfigRefused(_now, error):
                 self.config_error = error
-                out.append(Report("reload", f"SIGHUP: config not reloaded, keeping the running settings: {error}",
+                out.append(ev.Report("reload", f"SIGHUP: config not reloaded, keeping the running settings: {error}",
                                   warning=True))
-            case HostDrainRequested(now, then_stop, ticket, by):
+            case ev.HostDrainRequested(now, then_stop, ticket, by):
                 self._host_drain_requested(now, then_stop, ticket, by, out)
-            case HostDrainCancelled(_now, ticket):
+            case ev.HostDrainCancelled(_now, ticket):
                 self._host_drain_cancelled(ticket, out)
-            case PingAll(now):
+            case ev.PingAll(now):
                 self._ping_now([w for w in self.workers.values() if w.serving], now)
 
-    def _from_worker(self, event: Event, out: list[Action]) -> None:
+    def _from_worker(self, event: ev.Event, out: list[ev.Action]) -> None:
         match event:
-            case WorkerForked(wid, pid, _now):
+            case ev.WorkerForked(wid, pid, _now):
                 if wid in self.workers:
                     self.workers[wid].pid = pid
-            case WorkerReady(wid, now):
+            case ev.WorkerReady(wid, now):
                 self._ready(wid, now, out)
-            case WorkerBootError(wid, error, _now):
+            case ev.WorkerBootError(wid, error, _now):
                 if wid in self.workers:
                     self.workers[wid].boot_error = error
-            case WorkerDraining(wid, now):
+            case ev.WorkerDraining(wid, now):
                 self._stopped_accepting(wid, now, out)
-            case Pong():
+            case ev.Pong():
                 self._pong(event, out)
-            case WorkerMisbehaved(wid, reason, _now):
+            case ev.WorkerMisbehaved(wid, reason, _now):
                 w = self.workers.get(wid)
                 if w is not None and w.kill_reason is None:
                     self._kill(w, f"broke the channel protocol: {reason}", out, Cause.CRASH)
-            case WorkerExited(wid, ended, now):
+            case ev.WorkerExited(wid, ended, now):
                 self._exited(wid, ended, now, out)
 
-    def _from_loader(self, event: Event, out: list[Action]) -> None:
+    def _from_loader(self, event: ev.Event, out: list[ev.Action]) -> None:
         match event:
-            case LoaderForked(generation, pid, _now):
+            case ev.LoaderForked(generation, pid, _now):
                 if generation in self.loaders:
                     self.loaders[generation].pid = pid
-            case LoaderReady(generation, now):
+            case ev.LoaderReady(generation, now):
                 self._loader_ready(generation, now, out)
-            case LoaderBootError(generation, error, _now):
+            case ev.LoaderBootError(generation, error, _now):
                 if generation in self.loaders:
                     self.loaders[generation].boot_error = error
-            case LoaderExited(generation, ended, now):
+            case ev.LoaderExited(generation, ended, now):
                 self._loader_exited(generation, ended, now, out)
 
     # --------------------------------------------------------------------------------------------- waits
@@ -225,7 +173,7 @@ class Policy:
         """The earliest time at which a :class:`Tick` would change something (None: nothing pending)."""
         return min((when for when, _fire in self._waits()), default=None)
 
-    def _timers(self, now: float, out: list[Action]) -> None:
+    def _timers(self, now: float, out: list[ev.Action]) -> None:
         for when, fire in self._waits():  # lazily: what fires first changes what is waited for after it
             if now >= when:
                 fire(now, out)
@@ -273,26 +221,26 @@ class Policy:
                 self._kill_at, w, f"still draining after graceful_timeout ({t.graceful_timeout:g}s)", None)
 
     @staticmethod
-    def _answer(out: list[Action], answer: Answer) -> None:
-        """Answer a control request (a request with no ticket, from a signal, waits for no answer)."""
+    def _answer(out: list[ev.Action], answer: ev.Answer) -> None:
+        """ev.Answer a control request (a request with no ticket, from a signal, waits for no answer)."""
         if answer.ticket is not None:
             out.append(answer)
 
-    def _kill_at(self, w: Worker, reason: str, cause: Cause | None, _now: float, out: list[Action]) -> None:
+    def _kill_at(self, w: Worker, reason: str, cause: Cause | None, _now: float, out: list[ev.Action]) -> None:
         if w.kill_reason is None:
             self._kill(w, reason, out, cause)
 
-    def _send_ping(self, w: Worker, now: float, out: list[Action]) -> None:
+    def _send_ping(self, w: Worker, now: float, out: list[ev.Action]) -> None:
         w.ping_seq += 1
         w.ping_sent_at = now
-        out.append(Ping(w.wid, w.ping_seq))
+        out.append(ev.Ping(w.wid, w.ping_seq))
 
-    def _retry_slot(self, slot: Slot, now: float, out: list[Action]) -> None:
+    def _retry_slot(self, slot: Slot, now: float, out: list[ev.Action]) -> None:
         if slot.retry_at is not None and now >= slot.retry_at:
             slot.retry_at = None
             self._respawn(slot, now, out)
 
-    def _stop_overdue(self, _now: float, out: list[Action]) -> None:
+    def _stop_overdue(self, _now: float, out: list[ev.Action]) -> None:
         self.stop_deadline = None
         for w in list(self.workers.values()):
             if w.kill_reason is None:
@@ -301,18 +249,18 @@ class Policy:
         for loader in self.loaders.values():
             self._kill_loader(loader, "still running after graceful_timeout", out)
 
-    def _loader_boot_overdue(self, loader: Loader, _now: float, out: list[Action]) -> None:
+    def _loader_boot_overdue(self, loader: Loader, _now: float, out: list[ev.Action]) -> None:
         self._kill_loader(loader, f"app not imported within boot_timeout ({self.timing.boot_timeout:g}s)", out)
 
-    def _watchdog_due(self, now: float, out: list[Action]) -> None:
+    def _watchdog_due(self, now: float, out: list[ev.Action]) -> None:
         """Starting, stopping and reloading have their own timeouts; while running, the watchdog is fed only while
         some worker proved within two watchdog intervals that its serving loop turns."""
         interval = self.watchdog_interval or 0.0
         self.watchdog_at = now + interval
         if self.phase is not PoolPhase.RUNNING or self.healthy(now, interval * 2):
-            out.append(FeedWatchdog())
+            out.append(ev.FeedWatchdog())
         else:
-            out.append(Report("watchdog", "no worker answered a health ping within WatchdogSec: not feeding the "
+            out.append(ev.Report("watchdog", "no worker answered a health ping within WatchdogSec: not feeding the "
                               "watchdog", warning=True))
 
     # -------------------------------------------------------------------------------------------- views
@@ -337,20 +285,20 @@ class Policy:
 
     # ----------------------------------------------------------------------------------------- handlers
 
-    def _start(self, now: float, subreaper: bool, out: list[Action]) -> None:
+    def _start(self, now: float, subreaper: bool, out: list[ev.Action]) -> None:
         if self.phase is not PoolPhase.IDLE:
             return
         if self.preload and not subreaper:
             # Workers a loader double-forks would not be the primary's children: fork them from the primary.
-            out.append(Report("start", "cannot become a child subreaper: falling back to mode lazy", warning=True))
+            out.append(ev.Report("start", "cannot become a child subreaper: falling back to mode lazy", warning=True))
             self.preload = False
         self.phase = PoolPhase.STARTING
-        out.append(ExtendTimeout(self.timing.start_extension))
+        out.append(ev.ExtendTimeout(self.timing.start_extension))
         for index in range(self.workers_wanted):
             self.slots[index] = Slot(index=index, generation=self.generation)
             self._spawn(index, self.generation, now, out)
 
-    def _spawn(self, slot: int, generation: int, now: float, out: list[Action]) -> int | None:
+    def _spawn(self, slot: int, generation: int, now: float, out: list[ev.Action]) -> int | None:
         """Fork a worker into ``slot``; in preload mode first make sure the generation's loader is ready."""
         if self.phase.stopping:
             return None  # nothing is forked once a stop has begun
@@ -367,14 +315,14 @@ class Policy:
             wid=wid, slot=slot, generation=generation, state=WorkerState.BOOTING, spawned_at=now
         )
         self._extend_roll_timeout(out)
-        out.append(Spawn(wid, slot, generation))
+        out.append(ev.Spawn(wid, slot, generation))
         return wid
 
-    def _extend_roll_timeout(self, out: list[Action]) -> None:
+    def _extend_roll_timeout(self, out: list[ev.Action]) -> None:
         """A roll boots one worker at a time, each within boot_timeout: systemd's reload timeout is pushed out as
         long as the roll makes progress (a roll that stops making progress is bounded by the policy's timers)."""
         if self.roll is not None:
-            out.append(ExtendTimeout(self.timing.roll_step_extension))
+            out.append(ev.ExtendTimeout(self.timing.roll_step_extension))
 
     # ------------------------------------------------------------------------------------------ loaders
 
@@ -382,17 +330,17 @@ class Policy:
         loader = self.loaders.get(generation)
         return loader is not None and loader.ready and not loader.stopping and loader.kill_reason is None
 
-    def _want_loader(self, generation: int, now: float, out: list[Action]) -> None:
+    def _want_loader(self, generation: int, now: float, out: list[ev.Action]) -> None:
         if generation not in self.loaders:
             self.loaders[generation] = Loader(generation=generation, spawned_at=now)
-            out.append(SpawnLoader(generation))
+            out.append(ev.SpawnLoader(generation))
 
-    def _loader_ready(self, generation: int, now: float, out: list[Action]) -> None:
+    def _loader_ready(self, generation: int, now: float, out: list[ev.Action]) -> None:
         loader = self.loaders.get(generation)
         if loader is None or loader.ready or loader.kill_reason is not None:
             return
         loader.ready = True
-        out.append(Report("loader", f"loader {loader.pid} ready: generation {generation} imported and frozen"))
+        out.append(ev.Report("loader", f"loader {loader.pid} ready: generation {generation} imported and frozen"))
         if self.phase is PoolPhase.STOPPING:
             return
         for slot in self.slots.values():
@@ -401,7 +349,7 @@ class Policy:
         if self.roll is not None and self.roll.generation == generation:
             self._roll_next(now, out)
 
-    def _loader_exited(self, generation: int, ended: Ended, now: float, out: list[Action]) -> None:
+    def _loader_exited(self, generation: int, ended: Ended, now: float, out: list[ev.Action]) -> None:
         loader = self.loaders.pop(generation, None)
         if loader is None:
             return
@@ -409,11 +357,11 @@ class Policy:
         why = loader.kill_reason or loader.boot_error or description
         if loader.stopping and ended.as_told:  # it ended because it was told to: no error
             why_stopped = "pool stopping" if self.phase is PoolPhase.STOPPING else "retired"
-            out.append(Report("loader", f"loader {loader.pid} of generation {generation} stopped ({why_stopped})"))
+            out.append(ev.Report("loader", f"loader {loader.pid} of generation {generation} stopped ({why_stopped})"))
         elif loader.stopping:
-            out.append(Report("loader", f"loader {loader.pid} of generation {generation} exited: {description}"))
+            out.append(ev.Report("loader", f"loader {loader.pid} of generation {generation} exited: {description}"))
         else:
-            out.append(Report("loader", f"loader {loader.pid} of generation {generation} died: {why}", warning=True))
+            out.append(ev.Report("loader", f"loader {loader.pid} of generation {generation} died: {why}", warning=True))
         if self.phase is PoolPhase.STOPPING:
             self._maybe_exit(out)
             return
@@ -432,7 +380,7 @@ class Policy:
                 slot.last_error = why
                 slot.retry_at = now + max(self._backoff(slot.failures), self.timing.backoff_base)
 
-    def _retire_loaders(self, out: list[Action]) -> None:
+    def _retire_loaders(self, out: list[ev.Action]) -> None:
         """Stop loaders no slot, worker or reload needs any more (all of them when the pool stops)."""
         for generation, loader in self.loaders.items():
             if loader.stopping:
@@ -446,9 +394,9 @@ class Policy:
             )
             if not needed:
                 loader.stopping = True
-                out.append(SignalLoader(generation, signal.SIGTERM, "generation retired"))
+                out.append(ev.SignalLoader(generation, signal.SIGTERM, "generation retired"))
 
-    def _ready(self, wid: int, now: float, out: list[Action]) -> None:
+    def _ready(self, wid: int, now: float, out: list[ev.Action]) -> None:
         w = self.workers.get(wid)
         if w is None or w.state is not WorkerState.BOOTING or w.kill_reason is not None:
             return
@@ -457,12 +405,12 @@ class Policy:
         w.next_ping_at = now + self.timing.health_interval
         w.request_limit = recycling.request_limit(self.limits, self.rng)
         w.max_age = recycling.lifetime(self.limits, self.rng)
-        out.append(Report("ready", f"worker {w.name} ready", wid))
+        out.append(ev.Report("ready", f"worker {w.name} ready", wid))
         if self.phase is PoolPhase.STOPPING:
             self._retire(w, now, "pool stopping", out, Cause.STOP)
             return
         if w.request_limit is not None:
-            out.append(SetRequestLimit(wid, w.request_limit))
+            out.append(ev.SetRequestLimit(wid, w.request_limit))
         if w.predecessor is not None:
             old = self.workers.get(w.predecessor)
             w.predecessor = None
@@ -475,14 +423,14 @@ class Policy:
         if self.phase is PoolPhase.STARTING and self._all_slots_ready():
             self.phase = PoolPhase.RUNNING
             self.ever_ready = True
-            out.append(PoolReady())
+            out.append(ev.PoolReady())
             if self.reload_pending:
                 self.reload_pending = False
                 self._begin_roll(now, "queued reload", out)
             else:
                 self._apply_pending_scale(now, out)
 
-    def _pong(self, pong: Pong, out: list[Action]) -> None:
+    def _pong(self, pong: ev.Pong, out: list[ev.Action]) -> None:
         w = self.workers.get(pong.wid)
         if w is None:
             return
@@ -508,7 +456,7 @@ class Policy:
 
     # -------------------------------------------------------------------------------------- recycling
 
-    def _judge(self, w: Worker, now: float, out: list[Action]) -> None:
+    def _judge(self, w: Worker, now: float, out: list[ev.Action]) -> None:
         """Replace a ready worker whose request is overdue, or that is due for recycling."""
         if w.state is not WorkerState.READY or w.kill_reason is not None or w.successor is not None:
             return
@@ -533,7 +481,7 @@ class Policy:
             return False
         return not any(o.successor is not None and o.state is WorkerState.READY for o in self.workers.values())
 
-    def _replace(self, w: Worker, now: float, cause: Cause, reason: str, out: list[Action]) -> None:
+    def _replace(self, w: Worker, now: float, cause: Cause, reason: str, out: list[ev.Action]) -> None:
         """Surge-first: boot a successor for ``w``'s slot; ``w`` is retired once the successor is ready."""
         generation = self.slots[w.slot].generation
         if self.preload and not self._has_ready_loader(generation):
@@ -543,14 +491,14 @@ class Policy:
             return
         w.cause, w.replace_reason = cause, reason
         event = "request_timeout" if cause is Cause.REQUEST_TIMEOUT else "recycle"
-        out.append(Report(event, f"replacing worker {w.name}: {reason}", w.wid,
+        out.append(ev.Report(event, f"replacing worker {w.name}: {reason}", w.wid,
                           warning=cause is Cause.REQUEST_TIMEOUT, cause=cause))
         new = self._spawn(w.slot, generation, now, out)
         assert new is not None  # a running pool with a ready loader (or in lazy mode) always forks
         w.successor = new
         self.workers[new].predecessor = w.wid
 
-    def _exited(self, wid: int, ended: Ended, now: float, out: list[Action]) -> None:
+    def _exited(self, wid: int, ended: Ended, now: float, out: list[ev.Action]) -> None:
         w = self.workers.pop(wid, None)
         if w is None:
             return
@@ -566,7 +514,7 @@ class Policy:
         else:
             message = (f"worker {w.name} {'exited' if expected else 'died'}: {description}"
                        + (f" ({why})" if why != description else ""))
-        out.append(WorkerEnded(w.pid, w.slot, w.generation, cause, expected, ended.signal, message))
+        out.append(ev.WorkerEnded(w.pid, w.slot, w.generation, cause, expected, ended.signal, message))
         if w.successor is not None and (successor := self.workers.get(w.successor)) is not None:
             successor.predecessor = None  # it simply becomes the slot's worker
         if w.predecessor is not None and (predecessor := self.workers.get(w.predecessor)) is not None:
@@ -578,7 +526,7 @@ class Policy:
         if not expected and slot is not None:
             self._died(w, slot, why, now, out)
 
-    def _died(self, w: Worker, slot: Slot, why: str, now: float, out: list[Action]) -> None:
+    def _died(self, w: Worker, slot: Slot, why: str, now: float, out: list[ev.Action]) -> None:
         """An unexpected death: the reload or the start-up it belonged to fails, or its slot is refilled."""
         wid = w.wid
         if self.roll is not None and self.roll.booting_wid == wid:
@@ -610,7 +558,7 @@ class Policy:
             self._respawn(slot, now, out)
         else:
             slot.retry_at = now + delay
-            out.append(Report("backoff", f"slot {w.slot} failed to boot {slot.failures} times in a row; next try in "
+            out.append(ev.Report("backoff", f"slot {w.slot} failed to boot {slot.failures} times in a row; next try in "
                               f"{delay:g}s", warning=True))
 
     def _fresh_budget(self) -> SpawnBudget:
@@ -624,16 +572,16 @@ class Policy:
         fresh.updated = self.budget.updated
         self.budget = fresh
 
-    def _respawn(self, slot: Slot, now: float, out: list[Action]) -> None:
+    def _respawn(self, slot: Slot, now: float, out: list[ev.Action]) -> None:
         """Refill a slot within the pool-wide spawn budget; a pool with nothing serving or booting is exempt."""
         if self.budget.take(now) or not any(w.live for w in self.workers.values()):
             self._spawn(slot.index, slot.generation, now, out)
             return
         slot.retry_at = self.budget.next_at(now)
-        out.append(Report("spawn_rate", f"slot {slot.index}: max_spawn_rate reached, replacing in "
+        out.append(ev.Report("spawn_rate", f"slot {slot.index}: max_spawn_rate reached, replacing in "
                           f"{slot.retry_at - now:.2f}s", warning=True))
 
-    def _stopped_accepting(self, wid: int, now: float, out: list[Action]) -> None:
+    def _stopped_accepting(self, wid: int, now: float, out: list[ev.Action]) -> None:
         roll = self.roll
         if roll is not None and wid in roll.retiring:
             roll.retiring.discard(wid)
@@ -648,27 +596,27 @@ class Policy:
 
     # ------------------------------------------------------------------------------------------- reload
 
-    def _reload_requested(self, now: float, reason: str, ticket: int | None, out: list[Action]) -> None:
+    def _reload_requested(self, now: float, reason: str, ticket: int | None, out: list[ev.Action]) -> None:
         """A reload rolls at once, or is queued behind the roll or start-up in progress; refused once stopping."""
         if self.phase.stopping:
-            self._answer(out, Answer(ticket, refused=hostdrain.STOPPING))
+            self._answer(out, ev.Answer(ticket, refused=hostdrain.STOPPING))
             return
         queued = self.roll is not None or self.phase is PoolPhase.STARTING
-        self._answer(out, Answer(ticket, generation=self.queued_generation, queued=queued))
+        self._answer(out, ev.Answer(ticket, generation=self.queued_generation, queued=queued))
         if self.phase is PoolPhase.IDLE:
             return
         if queued:
             self.reload_pending = True
-            out.append(Report("reload", f"{reason}: queued until the current roll or start-up is done"))
+            out.append(ev.Report("reload", f"{reason}: queued until the current roll or start-up is done"))
             return
         self._begin_roll(now, reason, out)
 
-    def _reconfigure(self, now: float, old: Settings, new: Settings, out: list[Action]) -> None:
+    def _reconfigure(self, now: float, old: Settings, new: Settings, out: list[ev.Action]) -> None:
         """SIGHUP's fresh settings: the policy decides with them from now on, scales to their workers, reloads."""
         change = tuning.reconfigure(old, new, self.watchdog_interval)
         self.config_error = None
         if change.restart_only:
-            out.append(Report("reload", f"SIGHUP: {', '.join(change.restart_only)} changed; that takes effect on "
+            out.append(ev.Report("reload", f"SIGHUP: {', '.join(change.restart_only)} changed; that takes effect on "
                               "restart", warning=True))
         self.timing, self.limits, self.canary_rules = change.timing, change.limits, change.canary_rules
         self._rebudget()
@@ -676,173 +624,23 @@ class Policy:
             self._scale(change.workers_delta, now, out)
         self._reload_requested(now, "SIGHUP", None, out)
 
-    def _begin_roll(self, now: float, reason: str, out: list[Action]) -> None:
-        self._last_generation += 1
-        generation = self._last_generation
-        self.roll = Roll(generation=generation, pending_slots=sorted(self.slots), started_at=now)
-        out.append(ReloadStarted(generation))
-        count = len(self.slots)
-        out.append(Report("reload", f"{reason}: rolling {counted(count, 'worker')} to generation {generation}"))
-        self._roll_next(now, out)
-
-    def _roll_next(self, now: float, out: list[Action]) -> None:
-        roll = self.roll
-        assert roll is not None
-        if roll.canary is not None or roll.failed is not None:
-            return  # paused while the canary is watched, or while a rolled-back canary drains
-        while roll.booting_wid is None and roll.pending_slots:
-            index = roll.pending_slots[0]
-            if index not in self.slots:
-                roll.pending_slots.pop(0)
-                continue
-            if self.preload and not self._has_ready_loader(roll.generation):
-                self._want_loader(roll.generation, now, out)  # the roll goes on at LoaderReady
-                return
-            roll.pending_slots.pop(0)
-            roll.booting_wid = self._spawn(index, roll.generation, now, out)
-        if roll.booting_wid is None and not roll.retiring:
-            self._finish_roll(True, f"all workers run generation {roll.generation}", now, out)
-
-    def _roll_slot_done(self, new: Worker, now: float, out: list[Action]) -> None:
-        roll = self.roll
-        assert roll is not None
-        roll.booting_wid = None
-        if self.canary_rules.seconds > 0 and not roll.restoring and not roll.canary_done:
-            self._canary_start(new, now, out)
-            return
-        self._roll_slot_switch(new, now, out)
-
-    def _roll_slot_switch(self, new: Worker, now: float, out: list[Action]) -> None:
-        """The slot runs the new generation: its old worker is retired, the roll goes on."""
-        slot = self.slots[new.slot]
-        slot.generation = new.generation
-        slot.failures = 0
-        slot.retry_at = None
-        for old in list(self.workers.values()):
-            if old.slot == new.slot and old.wid != new.wid and old.state is not WorkerState.DRAINING:
-                self._retire(old, now, f"replaced by generation {new.generation}", out, Cause.RELOAD)
-        self._roll_next(now, out)
-
-    def _roll_failed(self, reason: str, now: float, out: list[Action]) -> None:
-        roll = self.roll
-        assert roll is not None
-        if roll.booting_wid is not None:
-            w = self.workers.get(roll.booting_wid)
-            if w is not None:
-                self._kill(w, "reload rolled back", out, Cause.BOOT)
-            roll.booting_wid = None
-        # Slots that lost their worker while the roll was going on are refilled with their own generation
-        # (in preload mode the slots already on the failed generation are restored by _finish_roll instead).
-        for slot in self.slots.values():
-            restorable = self.preload and slot.generation == roll.generation
-            if not self._slot_has_live_worker(slot.index) and slot.retry_at is None and not restorable:
-                self._spawn(slot.index, slot.generation, now, out)
-        self._finish_roll(False, f"rolled back: {reason}", now, out)
-
-    def _finish_roll(self, ok: bool, reason: str, now: float, out: list[Action]) -> None:
-        roll = self.roll
-        assert roll is not None
-        self.roll = None
-        if roll.restoring:
-            out.append(Report("reload", f"restore to generation {roll.generation}: {reason}", warning=not ok))
-        else:
-            if ok:
-                self.generation = roll.generation
-            self.last_reload = ReloadResult(roll.generation, ok, reason, now)
-            out.append(ReloadFinished(roll.generation, ok, reason))
-            out.append(Report("reload", f"reload to generation {roll.generation}: {reason}", warning=not ok))
-            moved = sorted(i for i, slot in self.slots.items() if slot.generation == roll.generation)
-            if not ok and self.preload and moved:
-                # Preload keeps the last good generation's loader: put every slot back on it.
-                self.roll = Roll(self.generation, moved, started_at=now, restoring=True)
-                out.append(Report("reload", f"restoring slots {moved} to generation {self.generation}"))
-                self._roll_next(now, out)
-                return
-        if self.reload_pending and self.phase is PoolPhase.RUNNING:
-            self.reload_pending = False
-            self._begin_roll(now, "queued reload", out)
-        else:
-            self._apply_pending_scale(now, out)
-
-    # ------------------------------------------------------------------------------------------- canary
-
-    def _canary_start(self, new: Worker, now: float, out: list[Action]) -> None:
-        """Pause the roll: the new worker serves next to every old one (its slot's included) for a window."""
-        roll = self.roll
-        assert roll is not None
-        seconds = self.canary_rules.seconds
-        roll.canary = canary.Watch(new.wid, now, now + seconds)
-        out.append(CapShare(new.wid, True))  # its share of the requests, not what an idle worker would win
-        out.append(Report("canary", f"worker {new.name} is the canary: watching it for {seconds:g}s "
-                          "before rolling on", new.wid))
-        self._ping_now(self._canary_old_workers(roll.canary), now)  # their counts at the window's start
-
-    def _canary_old_workers(self, watch: canary.Watch) -> list[Worker]:
-        generation = self.roll.generation if self.roll is not None else self.generation
-        return [w for w in self.workers.values() if w.wid != watch.wid and w.serving and w.generation != generation]
-
-    @staticmethod
-    def _ping_now(workers: list[Worker], now: float) -> None:
-        for w in workers:
-            if w.ping_sent_at is None:
-                w.next_ping_at = now
-
-    def _canary_due(self, watch: canary.Watch, now: float, out: list[Action]) -> None:
-        if watch.collect_until is None:
-            # The window is over: ask the canary and every old worker for their counts; judge when all answered.
-            watch.collect_until = now + self.timing.health_timeout
-            new = self.workers.get(watch.wid)
-            self._ping_now([*self._canary_old_workers(watch), *([new] if new is not None else [])], now)
-            return
-        new = self.workers.get(watch.wid)
-        if new is None:
-            return  # its exit is handled by _exited
-        verdict = watch.verdict(self.workers, self.canary_rules)
-        if verdict is None:
-            if new.kill_reason is None:  # its serving loop does not answer: as the health check would, kill it
-                self._kill(new, f"no pong within health_timeout ({self.timing.health_timeout:g}s)", out, Cause.HEALTH)
-            self._canary_rollback(new, f"canary: the canary did not report its counts within health_timeout "
-                                  f"({self.timing.health_timeout:g}s) after its window", now, out)
-            return
-        if not verdict.ok:
-            out.append(CanaryJudged(new.wid, verdict, f"generation {new.generation} rolled back: {verdict.reason}"))
-            self._canary_rollback(new, f"canary: {verdict.reason}", now, out)
-            return
-        out.append(CanaryJudged(new.wid, verdict, f"generation {new.generation} passed: {verdict.reason}"))
-        out.append(CapShare(new.wid, False))
-        roll = self.roll
-        assert roll is not None
-        roll.canary, roll.canary_done = None, True
-        self._roll_slot_switch(new, now, out)
-
-    def _canary_rollback(self, w: Worker, reason: str, now: float, out: list[Action]) -> None:
-        """The canary did worse (or died): it drains, the old workers keep serving, the reload fails."""
-        roll = self.roll
-        assert roll is not None
-        roll.canary, roll.canary_done = None, True
-        if w.wid in self.workers and w.kill_reason is None:
-            self._retire(w, now, "canary rolled back", out, Cause.RELOAD)
-            roll.failed = reason  # the reload fails when the canary has stopped accepting (_stopped_accepting)
-            return
-        self._roll_failed(reason, now, out)
-
     # -------------------------------------------------------------------------------------------- scale
 
-    def _scale(self, delta: int, now: float, out: list[Action]) -> None:
+    def _scale(self, delta: int, now: float, out: list[ev.Action]) -> None:
         if self.phase.stopping:
             return
         self.pending_scale += delta
         if self.roll is None and self.phase is PoolPhase.RUNNING:
             self._apply_pending_scale(now, out)
 
-    def _apply_pending_scale(self, now: float, out: list[Action]) -> None:
+    def _apply_pending_scale(self, now: float, out: list[ev.Action]) -> None:
         delta, self.pending_scale = self.pending_scale, 0
         while delta > 0:
             index = max(self.slots, default=-1) + 1
             self.slots[index] = Slot(index=index, generation=self.generation)
             self.workers_wanted += 1
             self._spawn(index, self.generation, now, out)
-            out.append(Report("scale", f"workers: {self.workers_wanted} (added slot {index})"))
+            out.append(ev.Report("scale", f"workers: {self.workers_wanted} (added slot {index})"))
             delta -= 1
         while delta < 0 and self.workers_wanted > 1:
             index = max(self.slots)
@@ -851,31 +649,31 @@ class Policy:
             for w in list(self.workers.values()):
                 if w.slot == index and w.state is not WorkerState.DRAINING:
                     self._retire(w, now, "scaled down", out, Cause.SCALE)
-            out.append(Report("scale", f"workers: {self.workers_wanted} (removed slot {index})"))
+            out.append(ev.Report("scale", f"workers: {self.workers_wanted} (removed slot {index})"))
             delta += 1
         self._rebudget()
 
     # --------------------------------------------------------------------------------------------- stop
 
-    def _stop_signal(self, now: float, name: str, out: list[Action]) -> None:
+    def _stop_signal(self, now: float, name: str, out: list[ev.Action]) -> None:
         """SIGTERM or SIGINT: balancers first when they check health here, else a graceful stop; once stopping,
         a fast stop."""
         if self.drain.precedes_stop(self.health_endpoint, self.timing.drain_seconds, self.phase):
-            out.append(Report("stop", f"{name}: draining the host for {self.timing.drain_seconds:g}s, then a "
+            out.append(ev.Report("stop", f"{name}: draining the host for {self.timing.drain_seconds:g}s, then a "
                               f"graceful stop (another {name} stops at once)"))
             self._host_drain_requested(now, True, None, None, out)
             return
-        out.append(Report("stop", f"{name}: graceful stop"))
+        out.append(ev.Report("stop", f"{name}: graceful stop"))
         self._stop_requested(now, not self.phase.stopping, None, out)
 
-    def _stop_requested(self, now: float, graceful: bool, by: str | None, out: list[Action]) -> None:
+    def _stop_requested(self, now: float, graceful: bool, by: str | None, out: list[ev.Action]) -> None:
         if by is not None:
-            out.append(Report("stop", f"{by}: {'graceful' if graceful else 'fast'} stop"))
+            out.append(ev.Report("stop", f"{by}: {'graceful' if graceful else 'fast'} stop"))
         if not self.phase.stopping:
-            out.append(Stopping("stopping: draining workers", self.timing.stop_extension))
+            out.append(ev.Stopping("stopping: draining workers", self.timing.stop_extension))
         self._stop(now, graceful, out)
 
-    def _stop(self, now: float, graceful: bool, out: list[Action], failure: str | None = None) -> None:
+    def _stop(self, now: float, graceful: bool, out: list[ev.Action], failure: str | None = None) -> None:
         if self.phase is PoolPhase.EXITED:
             return
         if self.phase is PoolPhase.STOPPING:
@@ -887,7 +685,7 @@ class Policy:
         self._stop_failure = failure
         if self.roll is not None:
             roll, self.roll = self.roll, None
-            out.append(ReloadFinished(roll.generation, False, "pool is stopping", serving=False))
+            out.append(ev.ReloadFinished(roll.generation, False, "pool is stopping", serving=False))
         self.reload_pending = False
         self.stop_deadline = now + self.timing.graceful_timeout
         for slot in self.slots.values():
@@ -900,41 +698,41 @@ class Policy:
         self._maybe_exit(out)
 
     def _host_drain_requested(self, now: float, then_stop: bool, ticket: int | None, by: str | None,
-                              out: list[Action]) -> None:
+                              out: list[ev.Action]) -> None:
         refused = HostDrain.refusal(self.phase, self.health_endpoint)
         if refused is not None:
-            self._answer(out, Answer(ticket, refused=refused))
+            self._answer(out, ev.Answer(ticket, refused=refused))
             return
         seconds = self.timing.drain_seconds
         if by is not None:
-            out.append(Report("stop", f"{by}: draining the host for {seconds:g}s, then a graceful stop"))
+            out.append(ev.Report("stop", f"{by}: draining the host for {seconds:g}s, then a graceful stop"))
         if then_stop:
-            out.append(Stopping(f"draining: health checks fail for {seconds:g}s, then stopping",
+            out.append(ev.Stopping(f"draining: health checks fail for {seconds:g}s, then stopping",
                                 self.timing.drain_stop_extension))
         if then_stop and seconds <= 0:
             self._stop(now, True, out)
         else:
             self.drain.begin(now, seconds, then_stop)
             after = "then stopping" if self.drain.then_stop else "until cancelled"
-            out.append(Report("drain", f"host draining: health checks fail for {seconds:g}s while serving, {after}"))
-        self._answer(out, Answer(ticket))
+            out.append(ev.Report("drain", f"host draining: health checks fail for {seconds:g}s while serving, {after}"))
+        self._answer(out, ev.Answer(ticket))
 
-    def _host_drain_cancelled(self, ticket: int | None, out: list[Action]) -> None:
+    def _host_drain_cancelled(self, ticket: int | None, out: list[ev.Action]) -> None:
         refused = self.drain.cancel_refusal(self.phase)
         if refused is None and self.drain.cancel():
-            out.append(Report("drain", "host drain cancelled: taking traffic again"))
-        self._answer(out, Answer(ticket, refused=refused))
+            out.append(ev.Report("drain", "host drain cancelled: taking traffic again"))
+        self._answer(out, ev.Answer(ticket, refused=refused))
 
-    def _drain_over(self, now: float, out: list[Action]) -> None:
+    def _drain_over(self, now: float, out: list[ev.Action]) -> None:
         self.drain.until = None
         if self.drain.then_stop:
             self._stop(now, True, out)
 
-    def _fail_start(self, reason: str, now: float, out: list[Action]) -> None:
-        out.append(Report("abort", f"giving up on start: {reason}", warning=True))
+    def _fail_start(self, reason: str, now: float, out: list[ev.Action]) -> None:
+        out.append(ev.Report("abort", f"giving up on start: {reason}", warning=True))
         self._stop(now, graceful=False, out=out, failure=reason)
 
-    def _kill_everyone(self, reason: str, out: list[Action]) -> None:
+    def _kill_everyone(self, reason: str, out: list[ev.Action]) -> None:
         for w in list(self.workers.values()):
             if w.kill_reason is None:
                 self.killed_on_stop += 1
@@ -942,23 +740,23 @@ class Policy:
         for loader in self.loaders.values():
             self._kill_loader(loader, reason, out)
 
-    def _maybe_exit(self, out: list[Action]) -> None:
+    def _maybe_exit(self, out: list[ev.Action]) -> None:
         if self.phase is not PoolPhase.STOPPING or self.workers or self.loaders:
             return
         self.phase = PoolPhase.EXITED
         self.stop_deadline = None
         if self._stop_failure is not None:
-            out.append(Exit(EXIT_FAILURE, self._stop_failure))
+            out.append(ev.Exit(EXIT_FAILURE, self._stop_failure))
         elif self.killed_on_stop:
             out.append(
-                Exit(EXIT_FAILURE, f"{self.killed_on_stop} worker(s) killed with requests still running")
+                ev.Exit(EXIT_FAILURE, f"{self.killed_on_stop} worker(s) killed with requests still running")
             )
         else:
-            out.append(Exit(EXIT_OK, "stopped"))
+            out.append(ev.Exit(EXIT_OK, "stopped"))
 
     # ---------------------------------------------------------------------------------------- utilities
 
-    def _retire(self, w: Worker, now: float, reason: str, out: list[Action], cause: Cause | None) -> None:
+    def _retire(self, w: Worker, now: float, reason: str, out: list[ev.Action], cause: Cause | None) -> None:
         """Ask a worker to stop accepting, finish in-flight work and exit."""
         if w.state is WorkerState.DRAINING:
             return
@@ -974,19 +772,19 @@ class Policy:
         w.ping_sent_at = None
         if self.roll is not None:
             self.roll.retiring.add(w.wid)
-        out.append(Signal(w.wid, signal.SIGTERM, reason))
+        out.append(ev.Signal(w.wid, signal.SIGTERM, reason))
 
-    def _kill(self, w: Worker, reason: str, out: list[Action], cause: Cause | None = None) -> None:
+    def _kill(self, w: Worker, reason: str, out: list[ev.Action], cause: Cause | None = None) -> None:
         w.kill_reason = reason
         if cause is not None:
             w.cause = cause
-        out.append(Signal(w.wid, signal.SIGKILL, reason))
-        out.append(Report("kill", f"killing worker {w.name}: {reason}", w.wid, warning=True))
+        out.append(ev.Signal(w.wid, signal.SIGKILL, reason))
+        out.append(ev.Report("kill", f"killing worker {w.name}: {reason}", w.wid, warning=True))
 
-    def _kill_loader(self, loader: Loader, reason: str, out: list[Action]) -> None:
+    def _kill_loader(self, loader: Loader, reason: str, out: list[ev.Action]) -> None:
         if loader.kill_reason is None:
             loader.kill_reason = reason
-            out.append(SignalLoader(loader.generation, signal.SIGKILL, reason))
+            out.append(ev.SignalLoader(loader.generation, signal.SIGKILL, reason))
 
     def _slot_has_live_worker(self, index: int) -> bool:
         return any(w.slot == index and w.live for w in self.workers.values())
