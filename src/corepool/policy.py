@@ -658,6 +658,8 @@ class Policy(Rolls):
     def _stop_signal(self, now: float, name: str, out: list[ev.Action]) -> None:
         """SIGTERM or SIGINT: balancers first when they check health here, else a graceful stop; once stopping,
         a fast stop."""
+        if self.phase is PoolPhase.EXITED:
+            return
         if self.drain.precedes_stop(self.health_endpoint, self.timing.drain_seconds, self.phase):
             out.append(ev.Report("stop", f"{name}: draining the host for {self.timing.drain_seconds:g}s, then a "
                               f"graceful stop (another {name} stops at once)"))
@@ -667,6 +669,8 @@ class Policy(Rolls):
         self._stop_requested(now, not self.phase.stopping, None, out)
 
     def _stop_requested(self, now: float, graceful: bool, by: str | None, out: list[ev.Action]) -> None:
+        if self.phase is PoolPhase.EXITED:
+            return
         if by is not None:
             out.append(ev.Report("stop", f"{by}: {'graceful' if graceful else 'fast'} stop"))
         if not self.phase.stopping:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 
 from hypothesis import settings
@@ -11,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from corepool import events as ev
 from corepool import exits, recycling
 from corepool import policy as p
+from corepool import settings as settings_module
 from corepool.policy import Policy, Timing, WorkerState
 
 
@@ -24,7 +26,10 @@ class PoolMachine(RuleBasedStateMachine):
         # Short limits, so that surge-first replacements and the spawn budget are exercised too.
         limits = recycling.Limits(request_timeout=2, max_requests=3, max_requests_jitter=1, max_lifetime=4,
                                   max_rss_bytes=100)
-        self.policy = Policy(workers_wanted=3, timing=timing, preload=self.preload, limits=limits)
+        self.policy = Policy(workers_wanted=3, timing=timing, preload=self.preload, limits=limits,
+                             health_endpoint=True)
+        self.settings = settings_module.Settings(workers=3)
+        self.ticket = 0
         self.now = 0.0
         self.pid = 1000
         self.exited = False
@@ -36,7 +41,8 @@ class PoolMachine(RuleBasedStateMachine):
         ready_before = self.policy.ready_count()
         slots_before = len(self.policy.slots)
         out = self.policy.handle(event)
-        assert not self.exited or not out, f"actions after Exit: {out}"
+        late = [a for a in out if not (isinstance(a, ev.Answer) and a.refused)]
+        assert not self.exited or not late, f"actions after Exit (but refusals): {out}"
         for action in out:
             self.check_action(event, action)
             if isinstance(action, ev.Exit):
@@ -170,6 +176,55 @@ class PoolMachine(RuleBasedStateMachine):
     @rule(graceful=st.booleans())
     def stop(self, graceful: bool) -> None:
         self.step(ev.StopRequested(self.now, graceful))
+
+    @rule()
+    def sigterm(self) -> None:
+        """Drain first, or a graceful stop; a second signal stops, once stopping one more is a fast stop."""
+        drained_first = self.policy.drain.precedes_stop(True, self.policy.timing.drain_seconds, self.policy.phase)
+        was_stopping = self.policy.phase.stopping
+        out = self.step(ev.StopSignal(self.now, "SIGTERM"))
+        if drained_first:
+            assert self.policy.drain.then_stop and not any(isinstance(a, ev.Signal) for a in out)
+        elif was_stopping:
+            assert all(a.signum == signal.SIGKILL for a in out if isinstance(a, ev.Signal))
+        else:
+            assert self.policy.phase.stopping
+
+    @rule(then_stop=st.booleans(), cancel=st.booleans())
+    def drain(self, then_stop: bool, cancel: bool) -> None:
+        self.ticket += 1
+        before = (self.policy.phase, self.policy.drain.then_stop)
+        event: ev.Event = (ev.HostDrainCancelled(self.now, self.ticket) if cancel
+                           else ev.HostDrainRequested(self.now, then_stop, self.ticket))
+        answers = [a for a in self.step(event) if isinstance(a, ev.Answer)]
+        assert [a.ticket for a in answers] == [self.ticket], "every drain request is answered once"
+        refused = before[0].stopping or (cancel and before[1])
+        assert (answers[0].refused is not None) == refused, (before, answers)
+        if cancel and not refused:
+            assert not self.policy.drain.draining
+
+    @rule(workers=st.integers(min_value=1, max_value=4), health_interval=st.sampled_from([0.5, 1.0, 2.0]),
+          max_requests=st.sampled_from([0, 3]))
+    def sighup(self, workers: int, health_interval: float, max_requests: int) -> None:
+        fresh = dataclasses.replace(self.settings, workers=workers, health_interval=health_interval,
+                                    health_timeout=1.0, boot_timeout=5.0, graceful_timeout=3.0, backoff_max=4.0,
+                                    max_spawn_rate=2.0, max_requests=max_requests)
+        stopping = self.policy.phase.stopping
+        self.step(ev.ConfigReloaded(self.now, self.settings, fresh))
+        self.settings = fresh
+        assert self.policy.timing.health_interval == health_interval
+        assert self.policy.budget.burst == max(2, self.policy.workers_wanted) or self.policy.pending_scale
+        if not stopping:
+            assert self.policy.reloading or self.policy.reload_pending or self.policy.phase is not p.PoolPhase.RUNNING
+
+    @rule()
+    def reload_by_ticket(self) -> None:
+        self.ticket += 1
+        stopping = self.policy.phase.stopping
+        answers = [a for a in self.step(ev.ReloadRequested(self.now, ticket=self.ticket)) if isinstance(a, ev.Answer)]
+        assert len(answers) == 1 and (answers[0].refused is not None) == stopping
+        if not stopping:
+            assert answers[0].generation is not None
 
     # -- invariants ---------------------------------------------------------------------------------
 
