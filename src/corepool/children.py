@@ -83,8 +83,8 @@ class Children:
         return pid
 
     def spawn_worker(self, wid: int, spec: WorkerSpec, listeners: Listeners, preload: bool, now: float) -> None:
-        primary_end, worker_end = channel.pair()
         if preload:
+            primary_end, worker_end = channel.pair()
             loader_child = self.loaders.get(spec.generation)
             request = channel.encode("fork", wid=wid, slot=spec.slot)
             sent = loader_child is not None and _send_fd(loader_child.sock, request, worker_end.fileno())
@@ -96,28 +96,21 @@ class Children:
                 return
             self._add_worker(Child(wid, spec.slot, spec.generation, primary_end))
             return  # the pid arrives with the loader's "forked"
-        try:
-            pid = self.fork(lambda: worker.run(spec, worker_end, listeners), [primary_end])
-        except OSError as exc:
-            primary_end.close()
-            worker_end.close()
-            self.hooks.emit(events.WorkerExited(wid, exits.lost(f"fork failed: {exc.strerror}"), now))
+        forked = self._fork_with_channel(lambda end: worker.run(spec, end, listeners))
+        if isinstance(forked, str):
+            self.hooks.emit(events.WorkerExited(wid, exits.lost(forked), now))
             return
-        worker_end.close()
+        pid, primary_end = forked
         self._add_worker(Child(wid, spec.slot, spec.generation, primary_end))
         self.named(wid, pid, now)
 
     def spawn_loader(self, spec: WorkerSpec, listeners: Listeners, now: float) -> Child | None:
         generation = spec.generation
-        primary_end, loader_end = channel.pair()
-        try:
-            pid = self.fork(lambda: loader.run(spec, loader_end, listeners), [primary_end])
-        except OSError as exc:
-            primary_end.close()
-            loader_end.close()
-            self.hooks.emit(events.LoaderExited(generation, exits.lost(f"fork failed: {exc.strerror}"), now))
+        forked = self._fork_with_channel(lambda end: loader.run(spec, end, listeners))
+        if isinstance(forked, str):
+            self.hooks.emit(events.LoaderExited(generation, exits.lost(forked), now))
             return None
-        loader_end.close()
+        pid, primary_end = forked
         child = Child(generation, -1, generation, primary_end, pid)
         self.loaders[generation] = child
         self.by_pid[pid] = child
@@ -125,6 +118,19 @@ class Children:
         self.hooks.emit(events.LoaderForked(generation, pid, now))
         log.event("loader", f"loader {pid} spawned for generation {generation}", generation=generation)
         return child
+
+    def _fork_with_channel(self, run: Callable[[socket.socket], int]) -> tuple[int, socket.socket] | str:
+        """Fork a child that runs ``run`` with its end of a fresh channel: its pid and the primary's end, or why
+        the fork failed."""
+        primary_end, child_end = channel.pair()
+        try:
+            pid = self.fork(lambda: run(child_end), [primary_end])
+        except OSError as exc:
+            primary_end.close()
+            child_end.close()
+            return f"fork failed: {exc.strerror}"
+        child_end.close()
+        return pid, primary_end
 
     def _add_worker(self, child: Child) -> None:
         self.workers[child.key] = child

@@ -134,8 +134,7 @@ class Inbox:
         child = kids.workers.get(wid)
         if child is None:
             return
-        now = time.monotonic()
-        got = receive(child.sock, self.selector, f"worker {child.pid}", self.max_bytes)
+        now, got = time.monotonic(), receive(child.sock, self.selector, f"worker {child.pid}", self.max_bytes)
         for message in got.messages:
             if message["t"] == "hello":
                 if isinstance(message.get("pid"), int) and message["pid"] > 0:
@@ -158,8 +157,8 @@ class Inbox:
         if child is None:
             return
         now = time.monotonic()
-        got = receive(child.sock, self.selector, f"the loader of generation {generation}", self.max_bytes)
-        for message in got.messages:
+        for message in receive(child.sock, self.selector, f"the loader of generation {generation}",
+                               self.max_bytes).messages:
             if message["t"] == "forked" and isinstance(wid := message.get("wid"), int) \
                     and isinstance(pid := message.get("pid"), int):
                 if pid > 0:
