@@ -93,6 +93,7 @@ class Primary:
         self.board = balance.Board()
         self.started_at = time.monotonic()
         self.subreaper = False
+        self.devreload: Any = None  # --reload's watcher (corepool.devreload, imported only when asked for)
 
     # -------------------------------------------------------------------------------------------- setup
 
@@ -149,13 +150,15 @@ class Primary:
             from corepool import devreload  # development only
 
             try:
-                devreload.start(self.settings)
+                self.devreload = devreload.start(self.settings)
             except devreload.DevReloadUnavailable as exc:
                 log.event("start", f"--reload: {exc}", warning=True)
                 return exits.EXIT_USAGE  # as the CLI's: a setting that cannot work here
         return None
 
     def _cleanup(self) -> None:
+        if self.devreload is not None:
+            self.devreload.stop()
         self.wakeup.uninstall()
         self.control.close()
         self.metrics.close()
