@@ -58,9 +58,12 @@ def test_every_setting_is_declared_once_and_documented() -> None:
 
     declared = {f.name for f in settings.FIELDS}
     stored = {f.name for f in dataclasses.fields(settings.Settings)} - {"config_path", "http"}
-    engine = {f.name for f in dataclasses.fields(settings.HttpOptions)}
+    engine = {f.name for f in dataclasses.fields(settings.HttpOptions)} - set(settings.POOL_SETTINGS)
     assert len(settings.FIELDS) == len(declared) and declared == stored | engine and not stored & engine
     assert {f.name for f in settings.FIELDS if f.engine} == engine
+    shown = settings.Settings(request_timeout=7.0, health_timeout=2.0).http
+    assert (shown.request_timeout, shown.health_timeout) == (7.0, 2.0), "the pool's settings an engine is shown"
+    assert settings.HttpOptions().request_timeout == settings.Settings().request_timeout
     s = settings.Settings()
     assert all(s.value(f.name) == getattr(s.http if f.engine else s, f.name) for f in settings.FIELDS)
     readme = (P(__file__).parents[2] / "README.md").read_text()
