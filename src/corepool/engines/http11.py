@@ -48,6 +48,7 @@ from corepool import log
 from corepool.engines.call import AppCall, start
 from corepool.engines.requestcheck import Reject, check_head, origin_form
 from corepool.engines.site import Site
+from corepool.engines.writeflow import WriteFlow
 
 LINGER_SECONDS = 5.0  # after a refusal, how long what the client still sends is read and discarded...
 LINGER_BYTES = 64 * 1024 * 1024  # ... and how much of it at most (5 s of a 100 Mbit/s client)
@@ -272,7 +273,7 @@ class Exchange(AppCall):
 
 
 
-class HTTP11Protocol(asyncio.Protocol):
+class HTTP11Protocol(WriteFlow):
     """One HTTP/1.1 connection (see the module docstring)."""
 
     def __init__(self, site: Site, loop: asyncio.AbstractEventLoop) -> None:
@@ -697,23 +698,6 @@ class HTTP11Protocol(asyncio.Protocol):
         if self.read_paused:
             self.read_paused = False
             self.transport.resume_reading()
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        self._release_writers()
-
-    async def drain(self) -> None:
-        if self._drained is None:
-            self._drained = self.loop.create_future()
-        await self._drained
-
-    def _release_writers(self) -> None:
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
 
     # Deadlines (Site sweeps them).
 

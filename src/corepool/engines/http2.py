@@ -32,6 +32,7 @@ import hyperframe.frame
 
 from corepool.engines.call import AppCall, start
 from corepool.engines.site import Site
+from corepool.engines.writeflow import WriteFlow
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _BLOCK = 256 * 1024  # a file is read in blocks this large (HTTP/2 frames it: no sendfile)
@@ -179,7 +180,7 @@ def _stop_timer(stream: Stream) -> None:
         stream.body_timer = None
 
 
-class H2Protocol(asyncio.Protocol):
+class H2Protocol(WriteFlow):
     """One HTTP/2 connection (see the module docstring)."""
 
     def __init__(self, site: Site, loop: asyncio.AbstractEventLoop) -> None:
@@ -460,23 +461,12 @@ class H2Protocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client does not read what we send: nor do we read what it sends (every frame may need an answer,
         # a SETTINGS ack, a PING's: a client that never reads would fill our memory with them).
-        self.write_paused = True
+        super().pause_writing()
         self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
         self.transport.resume_reading()
-        self._release_writers()
-
-    async def drain(self) -> None:
-        if self._drained is None:
-            self._drained = self.loop.create_future()
-        await self._drained
-
-    def _release_writers(self) -> None:
-        drained, self._drained = self._drained, None
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+        super().resume_writing()
 
     # Deadlines (Site sweeps them), and the drain.
 
