@@ -7,23 +7,13 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from corepool.engines.stats import RequestStats
 from corepool.engines.stuck import StuckWatch, coroutine_frames
 
-
-@pytest.fixture(autouse=True)
-def corepool_records(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """corepool's logger does not propagate once log.setup() ran (an earlier test may have): hear it directly."""
-    logger = logging.getLogger("corepool")
-    propagate, logger.propagate = logger.propagate, False  # heard once, whatever ran before
-    logger.addHandler(caplog.handler)
-    yield
-    logger.removeHandler(caplog.handler)
-    logger.propagate = propagate
+pytestmark = pytest.mark.usefixtures("corepool_records")  # tests/unit/conftest.py
 
 
 def parked_in_the_database(until: threading.Event) -> None:

@@ -5,23 +5,13 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from corepool import systemd
 
-
-@pytest.fixture(autouse=True)
-def corepool_records(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
-    """corepool's logger does not propagate once log.setup() ran (an earlier test may have): hear it directly."""
-    logger = logging.getLogger("corepool")
-    propagate, logger.propagate = logger.propagate, False  # heard once, whatever ran before
-    logger.addHandler(caplog.handler)
-    yield
-    logger.removeHandler(caplog.handler)
-    logger.propagate = propagate
+pytestmark = pytest.mark.usefixtures("corepool_records")  # tests/unit/conftest.py
 
 
 @pytest.fixture
